@@ -1,0 +1,335 @@
+"""Structured run configuration: dataclass schema, YAML composition, dotted overrides, checks.
+
+A run's config is merged in a fixed order: the schema's defaults, ``datamodules/<dataset>.yaml``,
+``experiments/<method>.yaml``, then ``key=value`` overrides. Unknown keys and wrong types fail at
+start-up with the key's full path (OmegaConf adds a "Did you mean" suggestion).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from elta_lightning.errors import EltaError
+
+
+@dataclass
+class TransformConfig:
+    """Image sizes of the train and eval pipelines (authors: resize 300, crop 256, eval 256)."""
+
+    train_resize: int = 300
+    crop: int = 256
+    eval_resize: int = 256
+    hflip: bool = True
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in long-tailed data set, generated on first use (see datamodules/synthetic.py)."""
+
+    num_train: int = 1600
+    num_val: int = 400
+    num_test: int = 500
+    image_size: int = 80
+    votes_min: int = 80
+    votes_max: int = 240
+    cue_noise: float = 0.6
+    seed: int = 0
+    cache_dir: str = ".cache/elta-synthetic"
+
+
+@dataclass
+class AVAConfig:
+    """AVA options; paths are relative to the label folder (``data.labels_dir``) or absolute."""
+
+    test_list: str = "aesthetics_image_lists/generic_test.jpgl"  # native layout: official test ids
+    tags: str | None = "tags.txt"  # tag id -> name file, read when present; null: names not loaded
+    challenges: str | None = "challenges.txt"  # challenge id -> name file, read when present
+
+
+@dataclass
+class AADBConfig:
+    """AADB options."""
+
+    # attribute lists to load into the labels' extras (native layout only), by file name:
+    # BalacingElements (sic), ColorHarmony, Content, DoF, Light, MotionBlur, Object, Repetition,
+    # RuleOfThirds, Symmetry, VividColor; values in [-1, 1]
+    attributes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TAD66KConfig:
+    """TAD66K options."""
+
+    themes: str | None = "unmerge"  # folder of per-theme CSVs (theme of each image); null: none
+
+
+@dataclass
+class PARAConfig:
+    """PARA options."""
+
+    # GIAA columns (native layout) kept in the labels' extras besides ``semantic``,
+    # e.g. [qualityScore_mean, compositionScore_mean]
+    extra_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where it lives, and how it is loaded."""
+
+    name: str = "synthetic"
+    root: str | None = None
+    layout: Literal["auto", "native", "elta_csv"] = "auto"  # label file layout; auto: detect
+    labels_dir: str | None = None  # folder of the label files (relative to root); null: detect
+    image_dir: str | None = None  # folder the image ids are relative to; null: detect under root
+    val_split: Literal["standard", "carve"] = "standard"  # carve: val from train, ignore val file
+    prepared: str | None = None  # folder written by `elta prepare`: reuse its checks and images
+    batch_size: int = 48
+    eval_batch_size: int | None = None
+    num_workers: int = 4
+    val_fraction: float = 0.05
+    split_seed: int = 0
+    skip_missing_images: bool = False
+    transforms: TransformConfig = field(default_factory=TransformConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    ava: AVAConfig = field(default_factory=AVAConfig)  # dataset=ava only
+    aadb: AADBConfig = field(default_factory=AADBConfig)  # dataset=aadb only
+    tad66k: TAD66KConfig = field(default_factory=TAD66KConfig)  # dataset=tad66k only
+    para: PARAConfig = field(default_factory=PARAConfig)  # dataset=para only
+
+
+@dataclass
+class ModelConfig:
+    """Backbone (any timm name) and head.
+
+    ``pretrained``: ``none`` (random init), ``hub`` (timm's default weights, needs network) or the
+    path of a local ``.pth`` / ``.safetensors`` file. ``head``: ``auto`` picks the distribution
+    head where the data has vote distributions and the score head otherwise.
+    """
+
+    backbone: str = "swinv2_base_window8_256"
+    pretrained: str = "none"
+    head: Literal["auto", "distribution", "score"] = "auto"
+    hidden_dim: int = 64
+    score_dropout: float = 0.75
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (authors: Adam, lr 1e-5, constant)."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: Literal["none", "cosine", "step"] = "none"
+    step_size: int = 10
+    gamma: float = 0.1
+    min_lr: float = 0.0
+
+
+@dataclass
+class TFAConfig:
+    """Tail-oriented feature augmentation (feature-space mixup). Temperatures act on scores on the
+    common 0..10 scale (ELTA-CSV scale: AVA/TAD66K as is, AADB x10, PARA x2) for every dataset
+    and head. Authors' grid: tau1 in {0.05, 0.1, 0.2, 0.3, 0.4, 0.5}, tau2 in {2, ..., 7, 10}."""
+
+    enabled: bool = False
+    tau1: float = 0.5
+    tau2: float = 2.0
+    num_mixed: int = 1
+    mixed_ratio: float | None = None
+
+
+@dataclass
+class FLSAConfig:
+    """Feature-label similarity alignment loss. Authors' grid for the weight:
+    {0.01, 0.1, 0.2, 0.5, 1, 5, 10, 100}; 0 turns it off. ``gather`` computes it over the batch
+    gathered from all processes (single-GPU semantics under DDP)."""
+
+    weight: float = 0.0
+    gather: bool = False
+
+
+@dataclass
+class APDSConfig:
+    """Adaptive pseudo-label distribution sharpening (self-training round). Temperatures on the
+    common 0..10 scale. ``store``: which distribution becomes the pseudo-label (ELTA 1.0:
+    unsharpened; ELTA 2.0: sharpened)."""
+
+    beta: float = 1.25
+    threshold: float = 0.75
+    store: Literal["unsharpened", "sharpened"] = "unsharpened"
+    unlabeled: str | None = None
+    oracle: bool = False
+
+
+@dataclass
+class MethodConfig:
+    """The long-tail method: its name (for run folders, W&B tags) and its plug-in parts."""
+
+    name: str = "vanilla"
+    tfa: TFAConfig = field(default_factory=TFAConfig)
+    flsa: FLSAConfig = field(default_factory=FLSAConfig)
+    apds: APDSConfig = field(default_factory=APDSConfig)
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings. ``devices``/``num_nodes`` > 1 select DDP."""
+
+    max_epochs: int = 20
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    gradient_clip_val: float | None = None
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    """W&B through Lightning's WandbLogger. ``mode``: ``auto`` is online when an API key is set
+    and offline otherwise; ``disabled`` writes nothing."""
+
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "elta-lightning"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs."""
+
+    seed: int = 42
+    runs_dir: str = "runs"
+    run_id: str | None = None
+    stage: Literal["train", "rrt"] = "train"
+    init_from: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+class ConfigError(EltaError, ValueError):
+    """A configuration that cannot run: names the key or file and what was expected."""
+
+
+def project_root() -> Path:
+    """The folder holding ``datamodules/`` and ``experiments/`` (env ``ELTA_CONFIG_ROOT`` wins)."""
+    if "ELTA_CONFIG_ROOT" in os.environ:
+        return Path(os.environ["ELTA_CONFIG_ROOT"])
+    for candidate in (Path.cwd(), *Path(__file__).resolve().parents):
+        if (candidate / "experiments").is_dir() and (candidate / "datamodules").is_dir():
+            return candidate
+    raise ConfigError(
+        "cannot find the config folders datamodules/ and experiments/: run from the repository "
+        "root or set ELTA_CONFIG_ROOT"
+    )
+
+
+def available(group: str) -> list[str]:
+    """Names of the YAML files in a config group folder (``datamodules`` or ``experiments``)."""
+    return sorted(p.stem for p in (project_root() / group).glob("*.yaml"))
+
+
+def _group_file(group: str, name: str) -> Path:
+    path = project_root() / group / f"{name}.yaml"
+    if not path.is_file():
+        names = available(group)
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        kind = "dataset" if group == "datamodules" else "method"
+        raise ConfigError(f"unknown {kind} {name!r}: no {path}. Available: {names}.{hint}")
+    return path
+
+
+def _merge(base: DictConfig, other: Any, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{origin}: {_describe(error)}") from error
+
+
+def _describe(error: OmegaConfBaseException) -> str:
+    key = getattr(error, "full_key", None)
+    message = str(error).splitlines()[0]
+    return f"key {key!r}: {message}" if key else message
+
+
+def load_config(overrides: list[str] | None = None) -> DictConfig:
+    """Compose a run config from ``dataset=``/``method=`` picks and ``key=value`` overrides."""
+    overrides = list(overrides or [])
+    picks = {"dataset": "synthetic", "method": "vanilla"}
+    dotlist = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        if key in picks:
+            picks[key] = value
+        else:
+            dotlist.append(item)
+    cfg = OmegaConf.structured(RunConfig)
+    for group, pick in (("datamodules", picks["dataset"]), ("experiments", picks["method"])):
+        path = _group_file(group, pick)
+        cfg = _merge(cfg, OmegaConf.load(path), str(path))
+    cfg = _merge(cfg, OmegaConf.from_dotlist(dotlist), "command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that types alone cannot express; raise :class:`ConfigError` naming the key."""
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"missing mandatory value(s): {sorted(missing)}")
+    checks = [
+        ("data.batch_size", cfg.data.batch_size >= 2, "at least 2"),
+        ("data.num_workers", cfg.data.num_workers >= 0, ">= 0"),
+        ("data.val_fraction", 0 < cfg.data.val_fraction < 1, "in (0, 1)"),
+        ("optim.lr", cfg.optim.lr > 0, "> 0"),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, ">= 0"),
+        ("model.score_dropout", 0 <= cfg.model.score_dropout < 1, "in [0, 1)"),
+        ("method.tfa.tau1", cfg.method.tfa.tau1 > 0, "> 0"),
+        ("method.tfa.tau2", cfg.method.tfa.tau2 > 0, "> 0"),
+        ("method.tfa.num_mixed", cfg.method.tfa.num_mixed >= 1, ">= 1"),
+        (
+            "method.tfa.mixed_ratio",
+            cfg.method.tfa.mixed_ratio is None or 0 < cfg.method.tfa.mixed_ratio <= 1,
+            "null or in (0, 1]",
+        ),
+        ("method.flsa.weight", cfg.method.flsa.weight >= 0, ">= 0"),
+        ("method.apds.beta", cfg.method.apds.beta >= 0, ">= 0"),
+        ("method.apds.threshold", 0 < cfg.method.apds.threshold < 1, "in (0, 1)"),
+        ("trainer.devices", cfg.trainer.devices >= 1, ">= 1"),
+        ("trainer.max_epochs", cfg.trainer.max_epochs >= 1, ">= 1"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key} must be {expected}, got {OmegaConf.select(cfg, key)!r}")
+    if cfg.stage == "rrt" and not cfg.init_from:
+        raise ConfigError("stage=rrt needs init_from=<checkpoint of a trained model>")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (what ``--print-config`` shows and each run folder keeps)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

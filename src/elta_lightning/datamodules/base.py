@@ -1,0 +1,237 @@
+"""The shared IAA DataModule: read labels -> validate -> split -> transforms -> exact loaders."""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from pathlib import Path, PurePosixPath
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import v2
+
+from elta_lightning.config import DataConfig, TransformConfig
+from elta_lightning.datamodules.images import ImageDecodeError, load_rgb
+from elta_lightning.datamodules.labels import LabelFileError, LabelTable
+from elta_lightning.scales import ScoreScale
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def build_transform(cfg: TransformConfig, train: bool) -> v2.Compose:
+    """The authors' pipeline: train = resize, random crop, flip; eval = resize to the crop size."""
+    steps: list[torch.nn.Module] = [v2.ToImage()]
+    if train:
+        steps += [v2.Resize((cfg.train_resize, cfg.train_resize), antialias=True)]
+        steps += [v2.RandomCrop(cfg.crop)]
+        if cfg.hflip:
+            steps += [v2.RandomHorizontalFlip()]
+    else:
+        steps += [v2.Resize((cfg.eval_resize, cfg.eval_resize), antialias=True)]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+    return v2.Compose(steps)
+
+
+class IAADataset(Dataset):
+    """Images of one split with their labels; each item is a dict the modules understand.
+
+    Keys: ``image`` (3, H, W) float, ``score`` native mean score, ``dist`` (K,) vote shares when
+    the data has them, ``weight`` per-sample loss weight (1 unless a method sets weights),
+    ``index`` the row in this split (for exact evaluation and pseudo-label bookkeeping).
+    """
+
+    def __init__(
+        self,
+        table: LabelTable,
+        image_dir: Path,
+        transform: v2.Compose,
+        draft_size: int | None = None,
+    ) -> None:
+        self.table = table
+        self.image_dir = image_dir
+        self.transform = transform
+        self.draft_size = draft_size
+        self.scores = torch.as_tensor(table.scores, dtype=torch.float32)
+        self.dists = (
+            None
+            if table.distributions is None
+            else torch.as_tensor(table.distributions, dtype=torch.float32)
+        )
+        self.weights = torch.ones(len(table), dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        path = self.image_dir / self.table.image_ids[index]
+        try:
+            image = load_rgb(path, self.draft_size)
+        except ImageDecodeError as error:
+            raise ImageDecodeError(f"{error} (label row {self.table.sources[index]})") from error
+        item = {
+            "image": self.transform(image),
+            "score": self.scores[index],
+            "weight": self.weights[index],
+            "index": torch.tensor(index, dtype=torch.long),
+        }
+        if self.dists is not None:
+            item["dist"] = self.dists[index]
+        return item
+
+
+def check_labels(table: LabelTable, scale: ScoreScale, split: str) -> None:
+    """Reject rows a model must never see: NaN or out-of-range scores, duplicate ids, ids that
+    leave the image folder. Errors name the file and line of the first offending rows."""
+
+    def fail(rows: np.ndarray, what: str) -> None:
+        shown = ", ".join(f"{table.sources[i]} ({table.image_ids[i]!r})" for i in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        raise LabelFileError(f"{split} split: {len(rows)} row(s) {what}: {shown}{more}")
+
+    bad = np.flatnonzero(~np.isfinite(table.scores))
+    if bad.size:
+        fail(bad, "with a score that is not a finite number")
+    bad = np.flatnonzero((table.scores < scale.minimum) | (table.scores > scale.maximum))
+    if bad.size:
+        fail(bad, f"with a score outside [{scale.minimum}, {scale.maximum}]")
+    if table.distributions is not None and scale.has_levels:
+        if table.distributions.shape[1] != scale.num_levels:
+            raise LabelFileError(
+                f"{split} split: distributions have {table.distributions.shape[1]} levels, "
+                f"the scale has {scale.num_levels}"
+            )
+    leaving = [
+        i
+        for i, name in enumerate(table.image_ids)
+        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or not name
+    ]
+    if leaving:
+        fail(np.asarray(leaving), "whose image id is empty or leaves the image folder")
+    _, first, counts = np.unique(table.image_ids, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        fail(np.sort(first[counts > 1]), "whose image id appears more than once")
+
+
+class IAADataModule(pl.LightningDataModule):
+    """Shared pipeline of every IAA data set.
+
+    Subclasses say where labels and images are (:meth:`read_splits`, :attr:`image_dir`) and
+    which :class:`ScoreScale` the data uses. Evaluation loaders never pad or drop samples, so
+    metrics cover the whole set exactly once on any number of processes; the train loader drops
+    the last incomplete batch (batch-level methods need at least two samples).
+    """
+
+    name: str = "iaa"
+    scale: ScoreScale
+
+    def __init__(self, cfg: DataConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tables: dict[str, LabelTable] = {}
+        self.datasets: dict[str, IAADataset] = {}
+        self.skipped: dict[str, int] = {}
+
+    @property
+    @abstractmethod
+    def image_dir(self) -> Path:
+        """Folder that image ids are relative to."""
+
+    @abstractmethod
+    def read_splits(self) -> dict[str, LabelTable]:
+        """Labels of the train, val and test splits."""
+
+    @property
+    def has_distribution(self) -> bool:
+        return self.scale.has_levels
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tables:
+            return
+        tables = self.read_splits()
+        for split in SPLITS:
+            if split not in tables or len(tables[split]) == 0:
+                raise LabelFileError(f"{self.name}: the {split} split is empty")
+            check_labels(tables[split], self.scale, split)
+            tables[split] = self._check_images(tables[split], split)
+        self.tables = tables
+        draft = max(self.cfg.transforms.train_resize, self.cfg.transforms.eval_resize)
+        for split in SPLITS:
+            transform = build_transform(self.cfg.transforms, train=split == "train")
+            self.datasets[split] = IAADataset(tables[split], self.image_dir, transform, draft)
+
+    def _check_images(self, table: LabelTable, split: str) -> LabelTable:
+        present = np.array([(self.image_dir / i).is_file() for i in table.image_ids], dtype=bool)
+        missing = np.flatnonzero(~present)
+        if missing.size == 0:
+            return table
+        shown = ", ".join(f"{table.image_ids[i]} ({table.sources[i]})" for i in missing[:5])
+        if not self.cfg.skip_missing_images:
+            raise ImageDecodeError(
+                f"{split} split: {missing.size} image(s) not found under {self.image_dir}: {shown}"
+                f"{' ...' if missing.size > 5 else ''}. Fix the paths, or set "
+                "data.skip_missing_images=true to leave them out (counted and reported)."
+            )
+        self.skipped[split] = int(missing.size)
+        log.warning(
+            "%s split: skipping %d of %d rows with a missing image (data.skip_missing_images): %s",
+            split,
+            missing.size,
+            len(table),
+            shown,
+        )
+        return table.subset(np.flatnonzero(present))
+
+    def train_scores(self) -> torch.Tensor:
+        """Mean scores of the training split (for tail regions and label statistics)."""
+        return torch.as_tensor(self.tables["train"].scores, dtype=torch.float32)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler, shuffle: bool, drop_last: bool):
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=shuffle if sampler is None else False,
+            drop_last=drop_last,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        world, rank = self._world()
+        sampler = None
+        if world > 1:
+            sampler = DistributedSampler(
+                dataset, world, rank, shuffle=True, seed=self.cfg.split_seed, drop_last=True
+            )
+        return self._loader(dataset, self.cfg.batch_size, sampler, shuffle=True, drop_last=True)
+
+    def eval_loader(self, dataset: Dataset) -> DataLoader:
+        """A loader that covers ``dataset`` exactly once over all processes, in order."""
+        world, rank = self._world()
+        sampler = None
+        if world > 1:
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=world, rank=rank, shuffle=False
+            )
+        batch = self.cfg.eval_batch_size or self.cfg.batch_size
+        return self._loader(dataset, batch, sampler, shuffle=False, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.datasets["val"])
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.datasets["test"])

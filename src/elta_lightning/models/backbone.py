@@ -1,0 +1,77 @@
+"""timm backbones that return pooled features, with pretrained weights from the hub or a file."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from elta_lightning.config import ConfigError
+from elta_lightning.errors import EltaError
+
+NO_WEIGHTS = {"", "none", "false", "no"}
+HUB_WEIGHTS = {"hub", "true", "yes"}
+
+
+class WeightsUnavailableError(EltaError, RuntimeError):
+    """Pretrained weights that cannot be loaded; the message says how to provide a local file."""
+
+
+def _check_name(name: str) -> None:
+    base = name.split(".")[0]
+    if base.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or timm.is_model(base):
+        return
+    close = difflib.get_close_matches(base, timm.list_models(), n=3)
+    raise ConfigError(f"model.backbone: timm has no model {name!r}. Close names: {close}")
+
+
+def create_backbone(name: str, pretrained: str = "none", drop_path_rate: float = 0.0) -> nn.Module:
+    """A timm model without classifier; ``pretrained`` is ``none``, ``hub`` or a weights file."""
+    _check_name(name)
+    kwargs: dict = {"num_classes": 0}
+    if drop_path_rate > 0:
+        kwargs["drop_path_rate"] = drop_path_rate
+    choice = str(pretrained).strip()
+    if choice.lower() in NO_WEIGHTS:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if choice.lower() in HUB_WEIGHTS:
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as error:  # hub/network errors come in many types
+            raise WeightsUnavailableError(
+                f"could not download pretrained weights for {name!r} from the model hub "
+                f"({type(error).__name__}: {str(error).splitlines()[0]}). Without network access, "
+                f"download the weights elsewhere (for example timm's model.safetensors for "
+                f"{name!r}) and pass the file: model.pretrained=/path/to/weights.safetensors"
+            ) from error
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"model.pretrained: weights file {path} not found. Give a local .pth or .safetensors "
+            "file of the backbone's ImageNet weights, 'hub' to download them, or 'none'."
+        )
+    try:
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+        )
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise WeightsUnavailableError(
+            f"model.pretrained: could not load {path} into {name!r}: {str(error).splitlines()[0]}"
+        ) from error
+
+
+class Backbone(nn.Module):
+    """Pooled image features of any timm model: ``forward_head(..., pre_logits=True)``."""
+
+    def __init__(self, name: str, pretrained: str = "none", drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.model = create_backbone(name, pretrained, drop_path_rate)
+        self.feature_dim = int(
+            getattr(self.model, "head_hidden_size", None) or self.model.num_features
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
