@@ -44,6 +44,8 @@ class SyntheticConfig:
     cue_noise: float = 0.6
     seed: int = 0
     cache_dir: str = ".cache/elta-synthetic"
+    # images without labels for `elta self-train` (generated on first use, beside the data set)
+    num_unlabeled: int = 800
 
 
 @dataclass
@@ -146,8 +148,8 @@ class TFAConfig:
     enabled: bool = False
     tau1: float = 0.5
     tau2: float = 2.0
-    num_mixed: int = 1
-    mixed_ratio: float | None = None
+    num_mixed: int = 1  # mixed samples appended per batch (authors: 1)
+    mixed_ratio: float | None = None  # when set: m = max(1, round(ratio * B)), num_mixed ignored
 
 
 @dataclass
@@ -164,7 +166,12 @@ class FLSAConfig:
 class APDSConfig:
     """Adaptive pseudo-label distribution sharpening (self-training round). Temperatures on the
     common 0..10 scale. ``store``: which distribution becomes the pseudo-label (ELTA 1.0:
-    unsharpened; ELTA 2.0: sharpened)."""
+    unsharpened; ELTA 2.0: sharpened). ``unlabeled``: a folder of images (searched recursively)
+    or a text file listing image paths (one a line, relative to the file's folder); null on the
+    built-in data set: its generated unlabeled split (``data.synthetic.num_unlabeled`` images).
+    ``oracle``: pick beta and threshold from the authors' grid by the MAE of the kept
+    pseudo-labels against the unlabeled set's TRUE labels (the paper's analysis, not a valid
+    self-training result; only where those labels exist)."""
 
     beta: float = 1.25
     threshold: float = 0.75
@@ -175,9 +182,14 @@ class APDSConfig:
 
 @dataclass
 class MethodConfig:
-    """The long-tail method: its name (for run folders, W&B tags) and its plug-in parts."""
+    """The long-tail method: its name (for run folders, W&B tags) and its plug-in parts.
+
+    The parts' own keys switch them on (``tfa.enabled``, ``flsa.weight > 0``); ``module`` says
+    who wires them in: ``iaa`` (the plain IAAModule, parts added as Lightning callbacks) or
+    ``elta`` (ELTAModule, which attaches them itself). Both train the same model."""
 
     name: str = "vanilla"
+    module: Literal["iaa", "elta"] = "iaa"
     tfa: TFAConfig = field(default_factory=TFAConfig)
     flsa: FLSAConfig = field(default_factory=FLSAConfig)
     apds: APDSConfig = field(default_factory=APDSConfig)
@@ -219,8 +231,8 @@ class RunConfig:
     seed: int = 42
     runs_dir: str = "runs"
     run_id: str | None = None
-    stage: Literal["train", "rrt"] = "train"
-    init_from: str | None = None
+    stage: Literal["train", "rrt"] = "train"  # rrt: re-train the head on a frozen backbone
+    init_from: str | None = None  # checkpoint whose weights start the run (rrt: required)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

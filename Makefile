@@ -1,0 +1,41 @@
+# Thin wrappers over the `elta` command line (the real interface). Each target installs first.
+#   make train DATASET=para METHOD=elta GPUS=4 DATA_ROOT=/data/PARA ARGS="optim.lr=1e-4"
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch comes first and pinned, so pip never swaps in another multi-GB build. A GPU user picks
+# the CUDA build here, e.g. TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DATASET ?= synthetic
+METHOD ?= vanilla
+GPUS ?=
+NODES ?= 1
+DATA_ROOT ?=
+ARGS ?=
+TEST_ENV := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
+
+RUN_ARGS := dataset=$(DATASET) method=$(METHOD) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
+	$(if $(GPUS),trainer.accelerator=gpu trainer.devices=$(GPUS)) \
+	$(if $(filter-out 1,$(NODES)),trainer.num_nodes=$(NODES)) $(ARGS)
+
+.PHONY: install train test lint bench
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+train: install
+	$(BIN)/elta train $(RUN_ARGS)
+
+test: install
+	$(TEST_ENV) $(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks && $(BIN)/ruff format --check src tests benchmarks
+
+bench: install
+	$(TEST_ENV) $(BIN)/python benchmarks/elta_overhead.py

@@ -1,0 +1,124 @@
+"""The `elta` command end to end, as a user runs it: train, test, predict, bad input."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import REPO_ROOT, tiny_run_overrides
+
+ELTA = str(Path(sys.executable).with_name("elta"))
+
+
+def elta(*args: str, cwd: Path = REPO_ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [ELTA, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_and_print_config() -> None:
+    assert "key=value" in elta("train", "--help").stdout
+    shown = elta("train", "--print-config", "method=vanilla", "optim.lr=0.125")
+    assert shown.returncode == 0, shown.stderr
+    assert "lr: 0.125" in shown.stdout and "name: vanilla" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["dataset=nope"], "unknown dataset 'nope'"),
+        (["method=nope"], "unknown method 'nope'"),
+        (["data.batchsize=4"], "batch_size"),
+        (["optim.lr=abc"], "optim.lr"),
+        (["method.tfa.tau2=0"], "method.tfa.tau2 must be > 0"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error_not_a_traceback(args, expected) -> None:
+    result = elta("train", *args)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, synthetic_cache):
+    runs = tmp_path_factory.mktemp("cli-runs")
+    result = elta("train", *tiny_run_overrides(synthetic_cache, runs), "run_id=cli")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs / "synthetic" / "vanilla" / "cli", result
+
+
+def test_train_prints_a_summary_and_writes_the_run_folder(cli_run) -> None:
+    run_dir, result = cli_run
+    assert "test/srcc" in result.stdout and str(run_dir) in result.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["test/srcc"] > -1
+
+
+def test_test_command_reproduces_the_run_metrics(cli_run, tmp_path) -> None:
+    run_dir, _ = cli_run
+    out = tmp_path / "metrics.json"
+    result = elta("test", str(run_dir / "checkpoints" / "best.ckpt"), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads(out.read_text())
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    for key, value in again.items():
+        assert value == pytest.approx(saved[key], abs=1e-5), key
+
+
+def test_predict_scores_a_folder_and_reports_unreadable_files(cli_run, tmp_path, synthetic_cache) -> None:
+    run_dir, _ = cli_run
+    images = tmp_path / "photos"
+    (images / "nested").mkdir(parents=True)
+    sources = sorted(synthetic_cache.rglob("*.jpg"))[:5]
+    for k, source in enumerate(sources):
+        shutil.copy(source, images / ("nested" if k % 2 else "") / f"photo{k}.jpg")
+    Image.new("RGB", (50, 30), "red").save(images / "flat.png")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    checkpoint = str(run_dir / "checkpoints" / "best.ckpt")
+    out = tmp_path / "scores.csv"
+
+    failed = elta("predict", checkpoint, "--images", str(images), "--out", str(out))
+    assert failed.returncode == 1
+    assert "broken.jpg" in failed.stderr and "Traceback" not in failed.stderr
+
+    result = elta("predict", checkpoint, "--images", str(images), "--out", str(out), "--skip-unreadable")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "scored 6 of 7 images (1 unreadable skipped)" in result.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert {r["image"] for r in rows} == {
+        "flat.png", "photo0.jpg", "nested/photo1.jpg", "photo2.jpg", "nested/photo3.jpg", "photo4.jpg",
+    }
+    for row in rows:
+        shares = [float(row[f"p_{level}"]) for level in range(1, 11)]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-4)
+        assert float(row["score"]) == pytest.approx(sum(l * p for l, p in zip(range(1, 11), shares)), abs=1e-4)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
+    result = elta("test", str(tmp_path / "nothing.ckpt"))
+    assert result.returncode == 1 and "not found" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_gives_the_exact_single_process_metrics(tmp_path, synthetic_cache) -> None:
+    """`trainer.devices=2` on CPU: DDP (gloo) training, then a test set of odd size (37) split
+    over two processes without padding; metrics and predictions equal a 1-process evaluation."""
+    from elta_lightning.run import evaluate_checkpoint
+
+    overrides = tiny_run_overrides(synthetic_cache, tmp_path)
+    result = elta("train", *overrides, "trainer.accelerator=cpu", "trainer.devices=2", "run_id=ddp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "synthetic" / "vanilla" / "ddp"
+    ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
+    assert len(rows) == 37 and len({r["image_id"] for r in rows}) == 37
+    single = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt")
+    for key, value in single.items():
+        assert ddp_metrics[key] == pytest.approx(value, abs=1e-5), key

@@ -1,0 +1,65 @@
+"""Config composition and validation: groups, overrides, errors that name the key."""
+
+import pytest
+
+from elta_lightning.config import ConfigError, load_config
+
+
+def test_defaults_compose_the_builtin_dataset_and_vanilla_method() -> None:
+    cfg = load_config([])
+    assert cfg.data.name == "synthetic"
+    assert cfg.method.name == "vanilla"
+    assert cfg.model.backbone == "resnet10t"  # from datamodules/synthetic.yaml
+    assert cfg.optim.name == "adam"
+
+
+def test_dotted_overrides_win_over_yaml_and_are_typed() -> None:
+    cfg = load_config(["optim.lr=0.5", "trainer.max_epochs=3", "data.batch_size=8"])
+    assert cfg.optim.lr == 0.5 and isinstance(cfg.optim.lr, float)
+    assert cfg.trainer.max_epochs == 3
+    assert cfg.data.batch_size == 8
+
+
+def test_unknown_key_names_full_path_and_suggests() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(["data.batchsize=3"])
+    message = str(error.value)
+    assert "data.batchsize" in message and "batch_size" in message
+
+
+def test_wrong_type_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(["optim.lr=fast"])
+
+
+def test_unknown_dataset_and_method_list_what_exists() -> None:
+    with pytest.raises(ConfigError, match="unknown dataset 'avaa'.*Did you mean 'ava'|unknown dataset 'avaa'"):
+        load_config(["dataset=avaa"])
+    with pytest.raises(ConfigError, match="unknown method 'vanila'.*vanilla"):
+        load_config(["method=vanila"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("method.tfa.tau1=0", "method.tfa.tau1"),
+        ("method.tfa.tau2=-1", "method.tfa.tau2"),
+        ("method.flsa.weight=-0.1", "method.flsa.weight"),
+        ("method.apds.threshold=1.0", "method.apds.threshold"),
+        ("data.batch_size=1", "data.batch_size"),
+        ("optim.lr=0", "optim.lr"),
+    ],
+)
+def test_out_of_range_values_fail_before_any_work(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config([override])
+
+
+def test_override_without_equals_sign_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(["optim.lr"])
+
+
+def test_rrt_stage_needs_a_checkpoint() -> None:
+    with pytest.raises(ConfigError, match="init_from"):
+        load_config(["stage=rrt"])
