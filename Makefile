@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # the CUDA build here, e.g. TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DATASET ?= synthetic
-METHOD ?= vanilla
+METHOD ?= elta
 GPUS ?=
 NODES ?= 1
 DATA_ROOT ?=
@@ -18,7 +18,7 @@ RUN_ARGS := dataset=$(DATASET) method=$(METHOD) $(if $(DATA_ROOT),data.root=$(DA
 	$(if $(GPUS),trainer.accelerator=gpu trainer.devices=$(GPUS)) \
 	$(if $(filter-out 1,$(NODES)),trainer.num_nodes=$(NODES)) $(ARGS)
 
-.PHONY: install train test lint bench
+.PHONY: install train selftrain compare-demo test lint bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,12 @@ $(VENV)/.installed: pyproject.toml
 
 train: install
 	$(BIN)/elta train $(RUN_ARGS)
+
+selftrain: install
+	$(BIN)/elta self-train $(RUN_ARGS)
+
+compare-demo: install
+	$(BIN)/elta compare-demo $(ARGS)
 
 test: install
 	$(TEST_ENV) $(BIN)/pytest -q

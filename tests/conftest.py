@@ -11,32 +11,12 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiny_runs import tiny_run_overrides  # noqa: E402
 
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_LABELS = REPO_ROOT.parent / "shared" / "data" / "labels"
-
-
-def tiny_run_overrides(cache_dir: Path, runs_dir: Path) -> list[str]:
-    """Overrides that make a whole train + test run take a few seconds on one CPU thread."""
-    return [
-        f"data.synthetic.cache_dir={cache_dir}",
-        f"runs_dir={runs_dir}",
-        "data.synthetic.num_train=96",
-        "data.synthetic.num_val=30",
-        "data.synthetic.num_test=37",
-        "data.synthetic.image_size=40",
-        "data.transforms.train_resize=36",
-        "data.transforms.crop=32",
-        "data.transforms.eval_resize=32",
-        "data.batch_size=16",
-        "data.num_workers=0",
-        "model.backbone=test_convnext",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        "logger.mode=disabled",
-    ]
 
 
 @pytest.fixture(scope="session")

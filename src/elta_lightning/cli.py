@@ -1,4 +1,4 @@
-"""The ``elta`` command line: ``elta train``, ``elta test``, ``elta predict``.
+"""The ``elta`` command line: train, test, predict, self-train, compare-demo and more.
 
 Every ``make`` target, W&B sweep agent and SLURM script calls this, so they share one code path.
 Configuration is given as ``key=value`` words: ``dataset=<name>`` and ``method=<name>`` pick the
@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from elta_lightning.config import ConfigError, available, load_config, to_yaml
 from elta_lightning.errors import EltaError
@@ -27,6 +29,27 @@ datamodules/<dataset>.yaml, experiments/<method>.yaml, then dotted keys. Example
   elta train dataset=para method=elta data.root=/data/PARA trainer.devices=4
   elta train optim.lr=1e-4 trainer.max_epochs=5 logger.mode=disabled
   elta train --print-config method=elta        # show the resolved config and exit
+"""
+
+
+SELF_TRAIN_HELP = """\
+ELTA's self-training round (APDS) in one command: train round 1 (or take the trained model
+init_from=<checkpoint>), predict the unlabeled images, sharpen and select pseudo-labels (no
+ground truth used), write pseudo_labels.csv + pseudo_labels.json, train round 2 from scratch on
+labelled + pseudo-labelled images, and report both rounds (table, selftrain.json). Needs the
+distribution head. Keys: method.apds.{beta,threshold,store,unlabeled,oracle}. Examples:
+  elta self-train method=elta                              # built-in data and unlabeled split
+  elta self-train method=elta init_from=runs/.../best.ckpt # skip round-1 training
+  elta self-train dataset=ava method=elta data.root=/data/AVA method.apds.unlabeled=/data/extra
+Exit code 1 when no pseudo-label passes the threshold (round 2 skipped, files still written).
+"""
+
+PREPARE_HELP = """\
+Check a real data set once before training: every label row (score finite and in range, image
+id unique and inside the image folder) and every image (present, decodable to the end). Writes
+<out>/report.md, <out>/index.csv (reused by training with data.prepared=<out>) and, with
+--resize N, upright RGB copies whose short side is N pixels (fast epochs). Example:
+  elta prepare dataset=ava data.root=/data/AVA --resize 300
 """
 
 
@@ -58,6 +81,35 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out files that cannot be decoded (counted and reported) instead of failing",
     )
+    selftrain = commands.add_parser(
+        "self-train",
+        help="round 1, APDS pseudo-labels, round 2, side-by-side report",
+        description=SELF_TRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    selftrain.add_argument("overrides", nargs="*", metavar="key=value")
+    selftrain.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out unlabeled images that cannot be decoded (counted) instead of failing",
+    )
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="check every label row and image once; write a report, an index, resized copies",
+        description=PREPARE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prepare.add_argument("overrides", nargs="*", metavar="key=value")
+    prepare.add_argument("--out", help="output folder (default: <data.root>/prepared)")
+    prepare.add_argument("--resize", type=int, help="also write copies with this short side")
+    prepare.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+
+    demo = commands.add_parser(
+        "compare-demo",
+        help="vanilla vs ELTA on the built-in data set, same budget and seed, one table",
+    )
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trainer.max_epochs=3")
     return parser
 
 
@@ -78,20 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.print_config:
                 print(to_yaml(cfg), end="")
                 return 0
-            from elta_lightning.run import train
+            from elta_lightning.run import train, write_summary
 
             result = train(cfg)
-            print(
-                _summary(
-                    f"{cfg.data.name} / {cfg.method.name}",
-                    result.metrics,
-                    f"run folder: {result.run_dir}",
-                )
-            )
+            write_summary(f"{cfg.data.name} / {cfg.method.name}", result)
         elif args.command == "test":
-            from elta_lightning.run import test_checkpoint
+            from elta_lightning.run import evaluate_checkpoint
 
-            metrics = test_checkpoint(args.checkpoint, args.overrides)
+            metrics = evaluate_checkpoint(args.checkpoint, args.overrides)
             if args.out:
                 with open(args.out, "w") as handle:
                     json.dump(metrics, handle, indent=2, sort_keys=True)
@@ -103,6 +149,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.checkpoint, args.images, args.out, args.batch_size, args.skip_unreadable
             )
             print(report)
+        elif args.command == "self-train":
+            from elta_lightning.selftrain import self_train
+
+            result = self_train(load_config(args.overrides), args.skip_unreadable)
+            if result.labels_used:
+                print(
+                    "NOTE: ORACLE analysis: beta/threshold were chosen with the TRUE labels of "
+                    "the unlabeled set (method.apds.oracle=true); not a valid self-training run"
+                )
+            kept = result.report["pseudo_labels"]
+            print(f"== self-training: {result.run_dir} ==")
+            print(f"pseudo-labels: {kept['selected']} of {kept['total']} kept -> {kept['file']}")
+            print(result.table)
+        elif args.command == "prepare":
+            from elta_lightning.datamodules import build_datamodule
+            from elta_lightning.datamodules.folder import FolderDataModule
+            from elta_lightning.datamodules.prepare import prepare_dataset
+
+            cfg = load_config(args.overrides)
+            datamodule = build_datamodule(cfg.data)
+            if not isinstance(datamodule, FolderDataModule):
+                raise ConfigError(
+                    f"elta prepare checks a downloaded data set, not {cfg.data.name!r}"
+                )
+            out = args.out or str(Path(cfg.data.root or ".") / "prepared")
+            print(prepare_dataset(datamodule, out, args.resize, args.workers).summary())
+        elif args.command == "compare-demo":
+            from elta_lightning.compare import compare_demo
+
+            demo = compare_demo(args.overrides)
+            print(f"== vanilla vs ELTA (built-in data set) ==\n{demo.table}\n  {demo.report}")
     except ConfigError as error:
         print(f"elta: configuration error: {error}", file=sys.stderr)
         print(

@@ -290,7 +290,7 @@ def _describe(error: OmegaConfBaseException) -> str:
 def load_config(overrides: list[str] | None = None) -> DictConfig:
     """Compose a run config from ``dataset=``/``method=`` picks and ``key=value`` overrides."""
     overrides = list(overrides or [])
-    picks = {"dataset": "synthetic", "method": "vanilla"}
+    picks = {"dataset": "synthetic", "method": "elta"}
     dotlist = []
     for item in overrides:
         if "=" not in item:
@@ -304,7 +304,12 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
     for group, pick in (("datamodules", picks["dataset"]), ("experiments", picks["method"])):
         path = _group_file(group, pick)
         cfg = _merge(cfg, OmegaConf.load(path), str(path))
-    cfg = _merge(cfg, OmegaConf.from_dotlist(dotlist), "command line")
+    return apply_overrides(cfg, dotlist)
+
+
+def apply_overrides(cfg: DictConfig, dotlist: list[str]) -> DictConfig:
+    """``cfg`` with dotted ``key=value`` overrides merged in, checked by :func:`validate`."""
+    cfg = _merge(cfg, OmegaConf.from_dotlist(list(dotlist)), "command line")
     validate(cfg)
     return cfg
 

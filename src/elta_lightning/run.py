@@ -6,10 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import netrc
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,23 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from elta_lightning.config import RunConfig, to_yaml, validate
+from elta_lightning.callbacks import method_plugins
+from elta_lightning.config import RunConfig, apply_overrides, to_yaml
 from elta_lightning.datamodules import build_datamodule
 from elta_lightning.datamodules.base import IAADataModule
 from elta_lightning.errors import EltaError
 from elta_lightning.metrics import region_cuts
+from elta_lightning.models.elta_module import ELTAModule
 from elta_lightning.models.module import IAAModule, scale_hparams
+from elta_lightning.reports import GROUP_COLUMNS, group_srcc, run_notes
+from elta_lightning.scales import ScoreScale
 
 log = logging.getLogger(__name__)
 
 RUN_ID_ENV = "ELTA_RUN_ID"
+
+#: The LightningModule class of each ``method.module``.
+MODULES: dict[str, type[IAAModule]] = {"iaa": IAAModule, "elta": ELTAModule}
 
 
 @dataclass
@@ -113,35 +121,101 @@ def build_trainer(
     )
 
 
+def model_scale(datamodule: IAADataModule) -> ScoreScale:
+    """The data set's scale as the model sees it: without rating levels when the label files
+    carry no vote distributions (e.g. PARA's ELTA CSV), so such data gets the score head."""
+    if datamodule.has_distribution:
+        return datamodule.scale
+    return replace(datamodule.scale, levels=None)
+
+
 def build_module(cfg: DictConfig, datamodule: IAADataModule) -> IAAModule:
     """The model for ``cfg``; region cuts come from the training labels (20th/80th pct)."""
     cuts = region_cuts(datamodule.train_scores())
-    module = IAAModule(
+    module = MODULES[cfg.method.module](
         config=OmegaConf.to_container(cfg, resolve=True),
-        scale=scale_hparams(datamodule.scale),
+        scale=scale_hparams(model_scale(datamodule)),
         region_cuts=cuts,
+        load_pretrained=cfg.init_from is None,
     )
+    if cfg.init_from:
+        load_weights(module, cfg.init_from)
     if cfg.stage == "rrt":
-        state = torch.load(cfg.init_from, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
         module.freeze_backbone()
     return module
+
+
+def load_weights(module: IAAModule, path: str | Path) -> None:
+    """Copy the weights of a checkpoint of this framework (any method) into ``module``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"init_from: checkpoint {path} not found")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"init_from: {path} is not a Lightning checkpoint (no state_dict)")
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"init_from: {path} does not fit this model (model.backbone / model.head / data set "
+            f"differ from the checkpoint's?): {str(error).splitlines()[0]}"
+        ) from error
+
+
+def plugin_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The long-tail parts as Trainer callbacks when ``method.module=iaa`` (ELTAModule, with
+    ``method.module=elta``, attaches the same parts itself)."""
+    return [] if cfg.method.module == "elta" else list(method_plugins(cfg))
+
+
+def json_text(values: dict[str, float]) -> str:
+    """Strict JSON of metrics: an undefined value (NaN, e.g. MAE of an empty tail region) is
+    written as null."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+    return json.dumps(clean, indent=2, sort_keys=True, allow_nan=False)
 
 
 @rank_zero_only
 def write_run_files(
     run_dir: Path, metrics: dict[str, float], module: IAAModule, datamodule: IAADataModule
 ) -> None:
-    """metrics.json and predictions.csv (image id, true and predicted score), from rank 0."""
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    """From rank 0: metrics.json, predictions.csv (image id, true and predicted score, and the
+    image's group where the data has one), group_metrics.json (test SRCC per group, e.g. per
+    TAD66K theme) and run_notes.json (split sizes, skipped rows, split warnings, region cuts)."""
+    (run_dir / "metrics.json").write_text(json_text(metrics))
+    notes = run_notes(datamodule, module.hparams.region_cuts)
+    (run_dir / "run_notes.json").write_text(json.dumps(notes, indent=2))
     table = module.test_prediction_table
-    index, predicted, target = table["index"], table["pred"], table["target"]
-    ids = datamodule.tables["test"].image_ids
+    index, predicted, target = (
+        table["index"].numpy(),
+        table["pred"].numpy(),
+        table["target"].numpy(),
+    )
+    test = datamodule.tables["test"]
+    columns = [c for c in GROUP_COLUMNS if c in test.extras]
     with (run_dir / "predictions.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image_id", "true_score", "predicted_score"])
+        writer.writerow(["image_id", "true_score", "predicted_score", *columns])
         for i, t, p in zip(index.tolist(), target.tolist(), predicted.tolist()):
-            writer.writerow([ids[i], f"{t:.6f}", f"{p:.6f}"])
+            groups = ["" if test.extras[c][i] is None else test.extras[c][i] for c in columns]
+            writer.writerow([test.image_ids[i], f"{t:.6f}", f"{p:.6f}", *groups])
+    if columns:
+        report = {
+            c: group_srcc([test.extras[c][i] for i in index], target, predicted) for c in columns
+        }
+        (run_dir / "group_metrics.json").write_text(json.dumps(report, indent=2))
+
+
+@rank_zero_only
+def write_summary(title: str, result: RunResult) -> None:
+    """The one-screen report at the end of a run (rank 0 only): metrics and the run folder."""
+    width = max(len(k) for k in result.metrics)
+    lines = [
+        f"== {title} ==",
+        *(f"  {k:<{width}}  {v:.4f}" for k, v in sorted(result.metrics.items())),
+    ]
+    lines.append(f"  run folder: {result.run_dir}")
+    print("\n".join(lines))
 
 
 @rank_zero_only
@@ -150,12 +224,17 @@ def write_config(run_dir: Path, cfg: DictConfig) -> None:
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
 
-def train(cfg: DictConfig) -> RunResult:
-    """Fit on train, select the best epoch by val SRCC, test that checkpoint, write the run."""
+def train(
+    cfg: DictConfig, *, run_dir: Path | None = None, datamodule: IAADataModule | None = None
+) -> RunResult:
+    """Fit on train, select the best epoch by val SRCC, test that checkpoint, write the run.
+
+    ``run_dir``: write there instead of ``runs/<dataset>/<method>/<run id>``; ``datamodule``: use
+    it instead of the one ``cfg.data`` names (e.g. with extra training rows: self-training)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = run_dir_for(cfg)
+    run_dir = run_dir or run_dir_for(cfg)
     write_config(run_dir, cfg)
-    datamodule = build_datamodule(cfg.data)
+    datamodule = datamodule or build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
@@ -168,13 +247,14 @@ def train(cfg: DictConfig) -> RunResult:
         auto_insert_metric_name=False,
     )
     logger = build_logger(cfg, run_dir)
-    trainer = build_trainer(cfg, run_dir, logger, [checkpoint])
+    trainer = build_trainer(cfg, run_dir, logger, [checkpoint, *plugin_callbacks(cfg)])
     trainer.fit(module, datamodule=datamodule)
     best_val = float(module.val_srcc_best.compute())
     trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)
     metrics = {**module.test_results, "val/srcc_best": best_val}
     if logger is not None and trainer.is_global_zero:
         logger.experiment.summary.update(metrics)
+        logger.experiment.finish()
     write_run_files(run_dir, metrics, module, datamodule)
     return RunResult(run_dir=run_dir, metrics=metrics)
 
@@ -190,24 +270,37 @@ def load_checkpoint(path: str | Path) -> IAAModule:
         raise CheckpointError(f"{path} is not an elta-lightning checkpoint ({error})") from error
 
 
+#: Where a checkpoint is evaluated unless the user says otherwise: this machine, one device
+#: (the training run's GPU count and nodes need not exist here).
+EVALUATION_DEVICES = [
+    "trainer.accelerator=auto",
+    "trainer.devices=1",
+    "trainer.num_nodes=1",
+    "trainer.strategy=auto",
+]
+
+
 def config_of(module: IAAModule, overrides: list[str]) -> DictConfig:
-    """The checkpoint's own config with ``key=value`` overrides (e.g. a new ``data.root``),
-    checked against the schema like any run config."""
+    """The checkpoint's own config on one local device, with ``key=value`` overrides (e.g. a
+    new ``data.root``, or ``trainer.devices=4``), checked against the schema like any config."""
     schema = OmegaConf.structured(RunConfig)
     stored = OmegaConf.merge(schema, module.cfg)
-    if overrides:
-        stored = OmegaConf.merge(stored, OmegaConf.from_dotlist(list(overrides)))
-    validate(stored)
-    return stored
+    return apply_overrides(stored, [*EVALUATION_DEVICES, *overrides])
 
 
-def test_checkpoint(path: str | Path, overrides: list[str] | None = None) -> dict[str, float]:
+def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None) -> dict[str, float]:
     """Evaluate a checkpoint on its data set's test split with the metrics of a training run."""
     module = load_checkpoint(path)
     cfg = config_of(module, overrides or [])
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
+    if (module.head_kind == "distribution") != datamodule.has_distribution:
+        raise CheckpointError(
+            f"{path} has a {module.head_kind} head, but the {cfg.data.name} labels given "
+            f"({'with' if datamodule.has_distribution else 'without'} vote distributions) do "
+            "not fit it: evaluate with the data layout the model was trained on"
+        )
     trainer = build_trainer(cfg, Path(path).parent, None, [])
     trainer.test(module, datamodule=datamodule, verbose=False)
     return dict(module.test_results)

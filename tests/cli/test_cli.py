@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny_runs import tiny_run_overrides
 
-from conftest import REPO_ROOT, tiny_run_overrides
-
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ELTA = str(Path(sys.executable).with_name("elta"))
 
 
@@ -72,7 +72,9 @@ def test_test_command_reproduces_the_run_metrics(cli_run, tmp_path) -> None:
         assert value == pytest.approx(saved[key], abs=1e-5), key
 
 
-def test_predict_scores_a_folder_and_reports_unreadable_files(cli_run, tmp_path, synthetic_cache) -> None:
+def test_predict_scores_a_folder_and_reports_unreadable_files(
+    cli_run, tmp_path, synthetic_cache
+) -> None:
     run_dir, _ = cli_run
     images = tmp_path / "photos"
     (images / "nested").mkdir(parents=True)
@@ -88,17 +90,26 @@ def test_predict_scores_a_folder_and_reports_unreadable_files(cli_run, tmp_path,
     assert failed.returncode == 1
     assert "broken.jpg" in failed.stderr and "Traceback" not in failed.stderr
 
-    result = elta("predict", checkpoint, "--images", str(images), "--out", str(out), "--skip-unreadable")
+    result = elta(
+        "predict", checkpoint, "--images", str(images), "--out", str(out), "--skip-unreadable"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "scored 6 of 7 images (1 unreadable skipped)" in result.stdout
     rows = list(csv.DictReader(out.open()))
     assert {r["image"] for r in rows} == {
-        "flat.png", "photo0.jpg", "nested/photo1.jpg", "photo2.jpg", "nested/photo3.jpg", "photo4.jpg",
+        "flat.png",
+        "photo0.jpg",
+        "nested/photo1.jpg",
+        "photo2.jpg",
+        "nested/photo3.jpg",
+        "photo4.jpg",
     }
     for row in rows:
         shares = [float(row[f"p_{level}"]) for level in range(1, 11)]
         assert sum(shares) == pytest.approx(1.0, abs=1e-4)
-        assert float(row["score"]) == pytest.approx(sum(l * p for l, p in zip(range(1, 11), shares)), abs=1e-4)
+        assert float(row["score"]) == pytest.approx(
+            sum(level * p for level, p in zip(range(1, 11), shares)), abs=1e-4
+        )
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
@@ -107,7 +118,9 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_run_gives_the_exact_single_process_metrics(tmp_path, synthetic_cache) -> None:
+def test_two_process_ddp_run_gives_the_exact_single_process_metrics(
+    tmp_path, synthetic_cache
+) -> None:
     """`trainer.devices=2` on CPU: DDP (gloo) training, then a test set of odd size (37) split
     over two processes without padding; metrics and predictions equal a 1-process evaluation."""
     from elta_lightning.run import evaluate_checkpoint

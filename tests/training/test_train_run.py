@@ -6,15 +6,14 @@ import json
 import pytest
 import torch
 from scipy import stats
+from tiny_runs import tiny_run_overrides
 
 from elta_lightning.config import load_config
-from elta_lightning.run import load_checkpoint, evaluate_checkpoint, train
+from elta_lightning.run import evaluate_checkpoint, load_checkpoint, train
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, synthetic_cache):
-    from conftest import tiny_run_overrides
-
     runs = tmp_path_factory.mktemp("runs")
     cfg = load_config(tiny_run_overrides(synthetic_cache, runs))
     return cfg, train(cfg)
@@ -58,21 +57,23 @@ def test_best_checkpoint_reloads_and_reproduces_the_test_metrics(finished_run) -
 
 def test_training_actually_learns(tmp_path, synthetic_cache) -> None:
     """A few epochs on the built-in data must rank the test images better than chance."""
-    from conftest import tiny_run_overrides
-
     overrides = tiny_run_overrides(synthetic_cache, tmp_path)
     overrides += [
-        "data.synthetic.num_train=256", "trainer.max_epochs=4", "optim.lr=0.003",
-        "data.synthetic.num_test=80", "data.synthetic.num_val=40",
+        "data.synthetic.num_train=256",
+        "trainer.max_epochs=4",
+        "optim.lr=0.003",
+        "data.synthetic.num_test=80",
+        "data.synthetic.num_val=40",
     ]
     result = train(load_config(overrides))
     assert result.metrics["test/srcc"] > 0.4
 
 
 def test_score_head_run_for_scalar_targets(tmp_path, synthetic_cache) -> None:
-    from conftest import tiny_run_overrides
-
-    overrides = tiny_run_overrides(synthetic_cache, tmp_path) + ["model.head=score", "trainer.max_epochs=1"]
+    overrides = tiny_run_overrides(synthetic_cache, tmp_path) + [
+        "model.head=score",
+        "trainer.max_epochs=1",
+    ]
     result = train(load_config(overrides))
     assert "test/emd1" not in result.metrics
     module = load_checkpoint(result.run_dir / "checkpoints" / "best.ckpt")

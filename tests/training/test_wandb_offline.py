@@ -1,17 +1,23 @@
 """W&B through Lightning in offline mode: read back what the run file holds."""
 
 import pytest
+from tiny_runs import tiny_run_overrides
+from wandb_records import read_run
 
 from elta_lightning.config import load_config
 from elta_lightning.run import train, wandb_mode
-from wandb_records import read_run
 
 
 def test_offline_run_records_group_tags_config_and_metrics(tmp_path, synthetic_cache) -> None:
-    from conftest import tiny_run_overrides
-
-    overrides = [o for o in tiny_run_overrides(synthetic_cache, tmp_path) if not o.startswith("logger.")]
-    overrides += ["logger.mode=offline", "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "seed=7"]
+    overrides = [
+        o for o in tiny_run_overrides(synthetic_cache, tmp_path) if not o.startswith("logger.")
+    ]
+    overrides += [
+        "logger.mode=offline",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "seed=7",
+    ]
     result = train(load_config(overrides))
     files = list((result.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1

@@ -5,10 +5,10 @@ import pytest
 from elta_lightning.config import ConfigError, load_config
 
 
-def test_defaults_compose_the_builtin_dataset_and_vanilla_method() -> None:
+def test_defaults_compose_the_builtin_dataset_and_elta() -> None:
     cfg = load_config([])
     assert cfg.data.name == "synthetic"
-    assert cfg.method.name == "vanilla"
+    assert cfg.method.name == "elta" and cfg.method.tfa.enabled and cfg.method.flsa.weight > 0
     assert cfg.model.backbone == "resnet10t"  # from datamodules/synthetic.yaml
     assert cfg.optim.name == "adam"
 
@@ -33,7 +33,9 @@ def test_wrong_type_names_the_key() -> None:
 
 
 def test_unknown_dataset_and_method_list_what_exists() -> None:
-    with pytest.raises(ConfigError, match="unknown dataset 'avaa'.*Did you mean 'ava'|unknown dataset 'avaa'"):
+    with pytest.raises(
+        ConfigError, match="unknown dataset 'avaa'.*Did you mean 'ava'|unknown dataset 'avaa'"
+    ):
         load_config(["dataset=avaa"])
     with pytest.raises(ConfigError, match="unknown method 'vanila'.*vanilla"):
         load_config(["method=vanila"])

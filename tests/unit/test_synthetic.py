@@ -20,20 +20,28 @@ def _digest(folder) -> str:
 
 
 def test_generation_is_deterministic_and_cached(tmp_path) -> None:
-    cfg_a = SyntheticConfig(num_train=20, num_val=5, num_test=5, image_size=32, cache_dir=str(tmp_path / "a"))
-    cfg_b = SyntheticConfig(num_train=20, num_val=5, num_test=5, image_size=32, cache_dir=str(tmp_path / "b"))
+    cfg_a = SyntheticConfig(
+        num_train=20, num_val=5, num_test=5, image_size=32, cache_dir=str(tmp_path / "a")
+    )
+    cfg_b = SyntheticConfig(
+        num_train=20, num_val=5, num_test=5, image_size=32, cache_dir=str(tmp_path / "b")
+    )
     folder_a, folder_b = ensure_generated(cfg_a), ensure_generated(cfg_b)
     assert folder_a.name == folder_b.name  # the cache key ignores where the cache lives
     assert _digest(folder_a) == _digest(folder_b)
     stamp = (folder_a / "meta.json").stat().st_mtime_ns
     assert ensure_generated(cfg_a) == folder_a
     assert (folder_a / "meta.json").stat().st_mtime_ns == stamp  # not generated twice
-    other_seed = SyntheticConfig(num_train=20, num_val=5, num_test=5, image_size=32, seed=1, cache_dir=str(tmp_path / "a"))
+    other_seed = SyntheticConfig(
+        num_train=20, num_val=5, num_test=5, image_size=32, seed=1, cache_dir=str(tmp_path / "a")
+    )
     assert dataset_folder(other_seed) != folder_a
 
 
 def test_scores_have_avas_long_tailed_shape(tmp_path) -> None:
-    cfg = SyntheticConfig(num_train=1500, num_val=10, num_test=10, image_size=16, cache_dir=str(tmp_path))
+    cfg = SyntheticConfig(
+        num_train=1500, num_val=10, num_test=10, image_size=16, cache_dir=str(tmp_path)
+    )
     table = read_ava_csv(ensure_generated(cfg) / "train.csv")
     scores = table.scores
     assert abs(scores.mean() - 5.4) < 0.1
@@ -46,7 +54,9 @@ def test_scores_have_avas_long_tailed_shape(tmp_path) -> None:
 
 
 def test_images_are_jpegs_whose_quality_follows_the_score(tmp_path) -> None:
-    cfg = SyntheticConfig(num_train=300, num_val=2, num_test=2, image_size=48, cache_dir=str(tmp_path))
+    cfg = SyntheticConfig(
+        num_train=300, num_val=2, num_test=2, image_size=48, cache_dir=str(tmp_path)
+    )
     folder = ensure_generated(cfg)
     table = read_ava_csv(folder / "train.csv")
     sharpness = []

@@ -43,6 +43,8 @@ class IAADataset(Dataset):
     Keys: ``image`` (3, H, W) float, ``score`` native mean score, ``dist`` (K,) vote shares when
     the data has them, ``weight`` per-sample loss weight (1 unless a method sets weights),
     ``index`` the row in this split (for exact evaluation and pseudo-label bookkeeping).
+    ``row_dirs``: the image folder of each row, for rows from several folders (extra training
+    rows); by default every id is relative to ``image_dir``.
     """
 
     def __init__(
@@ -51,9 +53,13 @@ class IAADataset(Dataset):
         image_dir: Path,
         transform: v2.Compose,
         draft_size: int | None = None,
+        row_dirs: list[Path] | None = None,
     ) -> None:
+        if row_dirs is not None and len(row_dirs) != len(table):
+            raise ValueError(f"row_dirs must have {len(table)} entries, got {len(row_dirs)}")
         self.table = table
         self.image_dir = image_dir
+        self.row_dirs = row_dirs
         self.transform = transform
         self.draft_size = draft_size
         self.scores = torch.as_tensor(table.scores, dtype=torch.float32)
@@ -68,7 +74,8 @@ class IAADataset(Dataset):
         return len(self.table)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        path = self.image_dir / self.table.image_ids[index]
+        folder = self.image_dir if self.row_dirs is None else self.row_dirs[index]
+        path = folder / self.table.image_ids[index]
         try:
             image = load_rgb(path, self.draft_size)
         except ImageDecodeError as error:
@@ -135,6 +142,8 @@ class IAADataModule(pl.LightningDataModule):
         self.tables: dict[str, LabelTable] = {}
         self.datasets: dict[str, IAADataset] = {}
         self.skipped: dict[str, int] = {}
+        self.split_warnings: list[str] = []
+        self.extra_train: list[tuple[LabelTable, Path]] = []
 
     @property
     @abstractmethod
@@ -163,6 +172,40 @@ class IAADataModule(pl.LightningDataModule):
         for split in SPLITS:
             transform = build_transform(self.cfg.transforms, train=split == "train")
             self.datasets[split] = IAADataset(tables[split], self.image_dir, transform, draft)
+        if self.extra_train:
+            extra = [table for table, _ in self.extra_train]
+            row_dirs = [self.image_dir] * len(tables["train"])
+            row_dirs += [folder for table, folder in self.extra_train for _ in range(len(table))]
+            self.datasets["train"] = IAADataset(
+                LabelTable.concat([tables["train"], *extra]),
+                self.image_dir,
+                build_transform(self.cfg.transforms, train=True),
+                draft,
+                row_dirs,
+            )
+
+    def add_training_rows(self, table: LabelTable, image_dir: Path) -> None:
+        """Extra labelled rows for the train loader only, e.g. the pseudo-labels of a
+        self-training round; ids are relative to ``image_dir``. Call before :meth:`setup`.
+
+        The rows are checked like a split (finite scores in the scale's range, distributions
+        over the scale's levels, ids inside their folder, images present) and appended after
+        the training rows in ``datasets["train"]``. ``tables["train"]`` and :meth:`train_scores`
+        keep the ground-truth training labels only, so region cuts and label statistics do not
+        depend on pseudo-labels.
+        """
+        if self.tables:
+            raise RuntimeError("add_training_rows must be called before setup()")
+        what = f"extra training rows ({image_dir})"
+        if (table.distributions is not None) != self.has_distribution:
+            need = "vote distributions" if self.has_distribution else "scalar scores only"
+            raise LabelFileError(f"{what}: the {self.name} data set needs {need}")
+        check_labels(table, self.scale, what)
+        missing = [k for k, i in enumerate(table.image_ids) if not (image_dir / i).is_file()]
+        if missing:
+            shown = ", ".join(f"{table.image_ids[k]} ({table.sources[k]})" for k in missing[:5])
+            raise ImageDecodeError(f"{what}: {len(missing)} image(s) not found: {shown}")
+        self.extra_train.append((table, Path(image_dir)))
 
     def _check_images(self, table: LabelTable, split: str) -> LabelTable:
         present = np.array([(self.image_dir / i).is_file() for i in table.image_ids], dtype=bool)

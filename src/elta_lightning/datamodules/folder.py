@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from elta_lightning.config import ConfigError, DataConfig
+from elta_lightning.config import ConfigError
 from elta_lightning.datamodules.base import IAADataModule
 from elta_lightning.datamodules.images import ImageDecodeError
 from elta_lightning.datamodules.labels import LabelFileError, LabelTable
@@ -170,10 +170,6 @@ class FolderDataModule(IAADataModule):
     layout_files: dict[str, tuple[str, ...]]
     label_dir_candidates: tuple[str, ...] = ("",)
     image_dir_candidates: tuple[str, ...] = ()
-
-    def __init__(self, cfg: DataConfig) -> None:
-        super().__init__(cfg)
-        self.split_warnings: list[str] = []
 
     @property
     def root(self) -> Path:

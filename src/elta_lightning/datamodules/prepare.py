@@ -149,7 +149,6 @@ def prepare_dataset(
     report.seconds = time.perf_counter() - start
     _write_meta(out_dir / META_FILE, dm, report)
     (out_dir / REPORT_FILE).write_text(render_report(report, dm, needed))
-    log.info("%s", report.summary())
     return report
 
 

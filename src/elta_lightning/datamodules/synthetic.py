@@ -79,37 +79,53 @@ def _write_csv(path: Path, ids: list[str], votes: np.ndarray) -> None:
             writer.writerow([image_id, *counts.tolist(), 0, 0, 0])
 
 
+def draw_samples(
+    count: int, cfg: SyntheticConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vote counts (count, 10) and visual cues (count,): standardised vote mean plus noise."""
+    means = draw_mean_scores(count, rng)
+    votes = draw_votes(means, cfg, rng)
+    vote_means = votes @ np.arange(1, 11) / votes.sum(axis=1)
+    cues = (vote_means - AVA_MEAN) / AVA_STD + rng.normal(0.0, cfg.cue_noise, size=count)
+    return votes, cues
+
+
+def _render_images(
+    folder: Path, ids: list[str], cues: np.ndarray, size: int, rng: np.random.Generator
+) -> None:
+    folder.mkdir(parents=True)
+    for image_id, cue in zip(ids, cues):
+        render_image(cue, size, rng).save(folder / f"{image_id}.jpg", quality=92)
+
+
 def generate(cfg: SyntheticConfig, folder: Path) -> None:
     """Write the data set into ``folder``: ``images/<id>.jpg`` and ``{train,val,test}.csv``."""
     rng = np.random.default_rng(cfg.seed)
     sizes = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
     total = sum(sizes.values())
-    means = draw_mean_scores(total, rng)
-    votes = draw_votes(means, cfg, rng)
-    vote_means = votes @ np.arange(1, 11) / votes.sum(axis=1)
-    (folder / "images").mkdir(parents=True)
+    votes, cues = draw_samples(total, cfg, rng)
     ids = [f"syn{k:06d}" for k in range(total)]
-    cues = (vote_means - AVA_MEAN) / AVA_STD + rng.normal(0.0, cfg.cue_noise, size=total)
-    for image_id, cue in zip(ids, cues):
-        image = render_image(cue, cfg.image_size, rng)
-        image.save(folder / "images" / f"{image_id}.jpg", quality=92)
+    _render_images(folder / "images", ids, cues, cfg.image_size, rng)
     start = 0
     for split, size in sizes.items():
         _write_csv(folder / f"{split}.csv", ids[start : start + size], votes[start : start + size])
         start += size
-    (folder / "meta.json").write_text(json.dumps(_as_dict(cfg), indent=2))
+    (folder / "meta.json").write_text(json.dumps(generation_settings(cfg), indent=2))
 
 
-def _as_dict(cfg: SyntheticConfig) -> dict:
-    """Generation settings as a plain dict (from a dataclass or an OmegaConf node)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+def generation_settings(cfg: SyntheticConfig) -> dict:
+    """Everything that decides the generated files (not where they are cached, nor the size of
+    the unlabeled split, which is generated separately on demand)."""
+    settings = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    settings.pop("cache_dir")
+    settings.pop("num_unlabeled")
+    return {**settings, "version": FORMAT_VERSION}
 
 
 def dataset_folder(cfg: SyntheticConfig) -> Path:
     """Cache folder of one generated version; the name is a hash of every generation setting."""
-    settings = {**_as_dict(cfg), "version": FORMAT_VERSION}
-    settings.pop("cache_dir")
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    settings = json.dumps(generation_settings(cfg), sort_keys=True)
+    digest = hashlib.sha1(settings.encode()).hexdigest()[:10]
     return Path(cfg.cache_dir).expanduser() / f"synthetic-{digest}"
 
 
@@ -127,6 +143,44 @@ def ensure_generated(cfg: SyntheticConfig) -> Path:
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
         if not (folder / "meta.json").is_file():
+            raise
+    return folder
+
+
+def unlabeled_folder(cfg: SyntheticConfig) -> Path:
+    """Folder of the unlabeled split: ``images/`` (no labels there) and ``hidden_labels.csv``."""
+    return dataset_folder(cfg) / f"unlabeled-{cfg.num_unlabeled}"
+
+
+def ensure_unlabeled(cfg: SyntheticConfig) -> Path:
+    """Generate the unlabeled split once, beside the data set (atomically, like the data set).
+
+    ``num_unlabeled`` more images drawn like the others from their own random stream (seeded
+    ``[seed, 1]``), so the labelled splits do not change with the split's size. Their votes go to
+    ``hidden_labels.csv`` (AVA CSV layout), which self-training never reads unless asked for the
+    oracle analysis (``method.apds.oracle``).
+    """
+    if cfg.num_unlabeled < 1:
+        raise ValueError(
+            f"data.synthetic.num_unlabeled must be >= 1 for an unlabeled split, got "
+            f"{cfg.num_unlabeled}"
+        )
+    folder = unlabeled_folder(cfg)
+    if (folder / "hidden_labels.csv").is_file():
+        return folder
+    ensure_generated(cfg)
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    rng = np.random.default_rng([cfg.seed, 1])
+    votes, cues = draw_samples(cfg.num_unlabeled, cfg, rng)
+    ids = [f"unl{k:06d}" for k in range(cfg.num_unlabeled)]
+    _render_images(staging / "images", ids, cues, cfg.image_size, rng)
+    _write_csv(staging / "hidden_labels.csv", ids, votes)
+    try:
+        staging.rename(folder)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (folder / "hidden_labels.csv").is_file():
             raise
     return folder
 

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MaxMetric
 
+from elta_lightning.config import ConfigError
 from elta_lightning.losses import emd_loss, mse_loss
 from elta_lightning.metrics import IAAMetrics, PredictionCollector
 from elta_lightning.models.backbone import Backbone
@@ -43,7 +44,7 @@ def resolve_head(head: str, scale: ScoreScale) -> str:
     if head == "auto":
         return "distribution" if scale.has_levels else "score"
     if head == "distribution" and not scale.has_levels:
-        raise ValueError(
+        raise ConfigError(
             "model.head=distribution needs vote distributions, but this data set has scalar "
             "scores only: use model.head=score (or auto)"
         )
@@ -63,7 +64,7 @@ class IAAModule(pl.LightningModule):
         load_pretrained: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self.cfg: DictConfig = OmegaConf.create(config)
         self.scale = ScoreScale(**{**scale, "levels": _as_tuple(scale.get("levels"))})
         model_cfg = self.cfg.model
@@ -164,7 +165,7 @@ class IAAModule(pl.LightningModule):
         self.val_srcc_best.update(results["srcc"])
         results["srcc_best"] = self.val_srcc_best.compute()
         for key, value in results.items():
-            self.log(f"val/{key}", value, prog_bar=key in ("srcc", "srcc_best"))
+            self.log(f"val/{key}", value, prog_bar=key in ("srcc", "srcc_best"), sync_dist=True)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         scores = self._evaluate(batch, self.test_metrics)
@@ -179,15 +180,17 @@ class IAAModule(pl.LightningModule):
         self.test_prediction_table = self.test_predictions.compute()
         self.test_results = {f"test/{k}": float(v) for k, v in results.items()}
         for key, value in results.items():
-            self.log(f"test/{key}", value)
+            self.log(f"test/{key}", value, sync_dist=True)
 
     def predict_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
-        scores, probs = self.predict_scores(batch["image"])
+        output = self.head(self.backbone(batch["image"]))
+        scores, probs = self.scores_from_output(output)
         out = {"index": batch["index"], "score": scores}
         if probs is not None:
             out["dist"] = probs
+            out["logits"] = output  # for pseudo-label sharpening (APDS)
         return out
 
     # ----- optimisation --------------------------------------------------------------------
