@@ -246,7 +246,7 @@ def _check_cuts(cuts: tuple[float, float]) -> tuple[float, float]:
     return cut_low, cut_high
 
 
-def _region_masks(target: Tensor, cuts: tuple[float, float]) -> Tensor:
+def region_masks(target: Tensor, cuts: tuple[float, float]) -> Tensor:
     """(3, B) boolean masks low / mid / high; every sample is in exactly one region."""
     cut_low, cut_high = cuts
     low = target <= cut_low
@@ -260,7 +260,7 @@ def _region_mae_update(
 ) -> tuple[Tensor, Tensor]:
     _check_scores(preds, target)
     preds, target = _as_float(preds), _as_float(target)
-    masks = _region_masks(target, cuts)
+    masks = region_masks(target, cuts)
     abs_error = (preds - target).abs()
     sum_abs_error = (masks * abs_error).sum(dim=1)
     return sum_abs_error, masks.sum(dim=1)

@@ -61,7 +61,7 @@ from elta_lightning.datamodules.images import ImageDecodeError, load_rgb
 from elta_lightning.datamodules.labels import LabelTable
 from elta_lightning.datamodules.synthetic import ensure_unlabeled
 from elta_lightning.errors import EltaError
-from elta_lightning.metrics import _region_masks
+from elta_lightning.metrics import region_masks
 from elta_lightning.models.module import IAAModule, resolve_head
 from elta_lightning.predict import IMAGE_SUFFIXES
 from elta_lightning.run import build_trainer, load_checkpoint, model_scale, run_dir_for, train
@@ -301,7 +301,7 @@ def region_counts(
     selection: PseudoLabelSelection, scale: ScoreScale, cuts: tuple[float, float]
 ) -> dict[str, dict[str, int]]:
     """Kept / total images per region of their predicted score (training-set cuts)."""
-    masks = _region_masks(selection.scores / scale.to_common, tuple(cuts))
+    masks = region_masks(selection.scores / scale.to_common, tuple(cuts))
     return {
         region: {"selected": int((mask & selection.selected).sum()), "total": int(mask.sum())}
         for region, mask in zip(REGIONS, masks)

@@ -208,26 +208,37 @@ class IAADataModule(pl.LightningDataModule):
         self.extra_train.append((table, Path(image_dir)))
 
     def _check_images(self, table: LabelTable, split: str) -> LabelTable:
+        """Every row's image file must exist (a stat per file, no decoding)."""
         present = np.array([(self.image_dir / i).is_file() for i in table.image_ids], dtype=bool)
         missing = np.flatnonzero(~present)
-        if missing.size == 0:
-            return table
         shown = ", ".join(f"{table.image_ids[i]} ({table.sources[i]})" for i in missing[:5])
+        return self.leave_out(table, split, missing, f"not found under {self.image_dir}", shown)
+
+    def leave_out(
+        self, table: LabelTable, split: str, bad: np.ndarray, problem: str, shown: str
+    ) -> LabelTable:
+        """Rows ``bad`` have an unusable image (``problem``; ``shown`` names the first ones):
+        stop with their names, or, with ``data.skip_missing_images``, leave them out, counted
+        in :attr:`skipped` (and the run notes) and logged."""
+        if bad.size == 0:
+            return table
+        more = " ..." if bad.size > 5 else ""
         if not self.cfg.skip_missing_images:
             raise ImageDecodeError(
-                f"{split} split: {missing.size} image(s) not found under {self.image_dir}: {shown}"
-                f"{' ...' if missing.size > 5 else ''}. Fix the paths, or set "
+                f"{split} split: {bad.size} image(s) {problem}: {shown}{more}. Fix them, or set "
                 "data.skip_missing_images=true to leave them out (counted and reported)."
             )
-        self.skipped[split] = int(missing.size)
+        self.skipped[split] = int(bad.size)
         log.warning(
-            "%s split: skipping %d of %d rows with a missing image (data.skip_missing_images): %s",
+            "%s split: skipping %d of %d rows whose image is %s (data.skip_missing_images): %s%s",
             split,
-            missing.size,
+            bad.size,
             len(table),
+            problem,
             shown,
+            more,
         )
-        return table.subset(np.flatnonzero(present))
+        return table.subset(np.setdiff1d(np.arange(len(table)), bad))
 
     def train_scores(self) -> torch.Tensor:
         """Mean scores of the training split (for tail regions and label statistics)."""

@@ -22,7 +22,6 @@ import numpy as np
 
 from elta_lightning.config import ConfigError
 from elta_lightning.datamodules.base import IAADataModule
-from elta_lightning.datamodules.images import ImageDecodeError
 from elta_lightning.datamodules.labels import LabelFileError, LabelTable
 
 log = logging.getLogger(__name__)
@@ -306,24 +305,8 @@ class FolderDataModule(IAADataModule):
                 f"(written for other label files?): {shown}. Run `elta prepare` again."
             )
         bad = np.asarray([k for k, status in enumerate(found) if status[0] != "ok"], dtype=int)
-        if bad.size == 0:
-            return table
         shown = "; ".join(
             f"{table.image_ids[k]} ({table.sources[k]}): {found[k][1]}" for k in bad[:5]
         )
-        if not self.cfg.skip_missing_images:
-            raise ImageDecodeError(
-                f"{split} split: {bad.size} image(s) missing or unreadable according to "
-                f"{prepared.folder / REPORT_FILE}: {shown}. Fix them, or set "
-                "data.skip_missing_images=true to leave them out (counted and reported)."
-            )
-        self.skipped[split] = int(bad.size)
-        log.warning(
-            "%s split: skipping %d of %d rows whose image is missing or unreadable "
-            "(data.skip_missing_images, data.prepared): %s",
-            split,
-            bad.size,
-            len(table),
-            shown,
-        )
-        return table.subset(np.setdiff1d(np.arange(len(table)), bad))
+        problem = f"missing or unreadable according to {prepared.folder / REPORT_FILE}"
+        return self.leave_out(table, split, bad, problem, shown)
