@@ -120,10 +120,21 @@ def _summary(title: str, metrics: dict[str, float], where: str) -> str:
     return "\n".join(lines)
 
 
+def _log_to_stderr() -> None:
+    """Our INFO messages on stderr (Lightning and W&B keep their own handlers; a root handler
+    would print each of their lines twice)."""
+    logger = logging.getLogger("elta_lightning")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``elta`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _log_to_stderr()
     try:
         if args.command == "train":
             cfg = load_config(args.overrides)

@@ -267,9 +267,10 @@ class IAADataModule(pl.LightningDataModule):
         dataset = self.datasets["train"]
         world, rank = self._world()
         sampler = None
-        if world > 1:
+        if world > 1:  # shuffled by the run's seed (seed_everything), the same on every rank
+            seed = torch.initial_seed()
             sampler = DistributedSampler(
-                dataset, world, rank, shuffle=True, seed=self.cfg.split_seed, drop_last=True
+                dataset, world, rank, shuffle=True, seed=seed, drop_last=True
             )
         return self._loader(dataset, self.cfg.batch_size, sampler, shuffle=True, drop_last=True)
 
