@@ -8,7 +8,6 @@ YAML files, any dotted key overrides a value (``optim.lr=1e-4``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -113,13 +112,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _summary(title: str, metrics: dict[str, float], where: str) -> str:
-    width = max(len(k) for k in metrics) if metrics else 10
-    lines = [f"== {title} ==", *(f"  {k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items()))]
-    lines.append(f"  {where}")
-    return "\n".join(lines)
-
-
 def _log_to_stderr() -> None:
     """Our INFO messages on stderr (Lightning and W&B keep their own handlers; a root handler
     would print each of their lines twice)."""
@@ -146,13 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = train(cfg)
             write_summary(f"{cfg.data.name} / {cfg.method.name}", result)
         elif args.command == "test":
-            from elta_lightning.run import evaluate_checkpoint
+            from elta_lightning.run import evaluate_checkpoint, format_metrics, json_text
 
             metrics = evaluate_checkpoint(args.checkpoint, args.overrides)
             if args.out:
-                with open(args.out, "w") as handle:
-                    json.dump(metrics, handle, indent=2, sort_keys=True)
-            print(_summary(f"test of {args.checkpoint}", metrics, f"checkpoint: {args.checkpoint}"))
+                Path(args.out).write_text(json_text(metrics))
+            print(format_metrics("test", metrics, f"checkpoint: {args.checkpoint}"))
         elif args.command == "predict":
             from elta_lightning.predict import predict_folder
 

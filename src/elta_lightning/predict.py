@@ -35,17 +35,20 @@ def list_images(folder: str | Path) -> list[Path]:
 class FolderImages(Dataset):
     """Decoded, eval-transformed images; unreadable files become ``None`` when skipping."""
 
-    def __init__(self, files: list[Path], transform, skip_unreadable: bool) -> None:
+    def __init__(
+        self, files: list[Path], transform, skip_unreadable: bool, draft_size: int | None = None
+    ) -> None:
         self.files = files
         self.transform = transform
         self.skip_unreadable = skip_unreadable
+        self.draft_size = draft_size
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int):
         try:
-            image = load_rgb(self.files[index])
+            image = load_rgb(self.files[index], self.draft_size)
         except ImageDecodeError as error:
             if self.skip_unreadable:
                 log.warning("skipping unreadable image: %s", error)
@@ -75,8 +78,9 @@ def predict_folder(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     files = list_images(images)
+    transforms = module.cfg.data.transforms
     dataset = FolderImages(
-        files, build_transform(module.cfg.data.transforms, train=False), skip_unreadable
+        files, build_transform(transforms, train=False), skip_unreadable, transforms.eval_resize
     )
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=_collate)
     rows: list[list] = []
@@ -84,15 +88,10 @@ def predict_folder(
         if batch is None:
             continue
         scores, probs = module.predict_scores(batch["image"].to(device))
-        for k, index in enumerate(batch["index"].tolist()):
-            row = [
-                str(files[index].relative_to(images)),
-                float(scores[k]),
-                float(scores[k]) * module.scale.to_common,
-            ]
-            if probs is not None:
-                row += probs[k].tolist()
-            rows.append(row)
+        shares = [[]] * len(scores) if probs is None else probs.cpu().tolist()
+        for index, score, share in zip(batch["index"].tolist(), scores.cpu().tolist(), shares):
+            name = str(files[index].relative_to(images))
+            rows.append([name, score, score * module.scale.to_common, *share])
     header = ["image", "score", "score_common"]
     if module.head_kind == "distribution":
         header += [f"p_{level:g}" for level in module.scale.levels]

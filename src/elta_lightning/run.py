@@ -206,16 +206,17 @@ def write_run_files(
         (run_dir / "group_metrics.json").write_text(json.dumps(report, indent=2))
 
 
+def format_metrics(title: str, metrics: dict[str, float], where: str) -> str:
+    """A one-screen report: a title, one metric a line, and where the files are."""
+    width = max((len(k) for k in metrics), default=10)
+    lines = [f"== {title} ==", *(f"  {k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items()))]
+    return "\n".join([*lines, f"  {where}"])
+
+
 @rank_zero_only
 def write_summary(title: str, result: RunResult) -> None:
     """The one-screen report at the end of a run (rank 0 only): metrics and the run folder."""
-    width = max(len(k) for k in result.metrics)
-    lines = [
-        f"== {title} ==",
-        *(f"  {k:<{width}}  {v:.4f}" for k, v in sorted(result.metrics.items())),
-    ]
-    lines.append(f"  run folder: {result.run_dir}")
-    print("\n".join(lines))
+    print(format_metrics(title, result.metrics, f"run folder: {result.run_dir}"))
 
 
 @rank_zero_only
