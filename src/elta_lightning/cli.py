@@ -23,10 +23,12 @@ runs/<dataset>/<method>/<run id>/ (config.yaml, checkpoints/, metrics.json, pred
 wandb/).
 
 Overrides are key=value words, merged in this order: the schema's defaults,
-datamodules/<dataset>.yaml, experiments/<method>.yaml, then dotted keys. Examples:
-  elta train                                   # built-in data set, vanilla method
+datamodules/<dataset>.yaml, experiments/<method>.yaml, callbacks/<preset>.yaml (callbacks=a,b),
+then dotted keys. Examples:
+  elta train                                   # built-in data set, ELTA
   elta train dataset=para method=elta data.root=/data/PARA trainer.devices=4
   elta train optim.lr=1e-4 trainer.max_epochs=5 logger.mode=disabled
+  elta train method=vanilla callbacks=tfa,flsa # presets of callbacks/*.yaml on any method
   elta train --print-config method=elta        # show the resolved config and exit
 """
 
@@ -185,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"elta: configuration error: {error}", file=sys.stderr)
         print(
-            f"  datasets: {available('datamodules')}; methods: {available('experiments')}",
+            f"  datasets: {available('datamodules')}; methods: {available('experiments')}; "
+            f"callback presets: {available('callbacks')}",
             file=sys.stderr,
         )
         return 2

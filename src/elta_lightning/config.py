@@ -269,7 +269,7 @@ def _group_file(group: str, name: str) -> Path:
         names = available(group)
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        kind = "dataset" if group == "datamodules" else "method"
+        kind = {"datamodules": "dataset", "experiments": "method"}.get(group, "callback preset")
         raise ConfigError(f"unknown {kind} {name!r}: no {path}. Available: {names}.{hint}")
     return path
 
@@ -288,9 +288,18 @@ def _describe(error: OmegaConfBaseException) -> str:
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:
-    """Compose a run config from ``dataset=``/``method=`` picks and ``key=value`` overrides."""
+    """Compose a run config from ``dataset=``/``method=``/``callbacks=`` picks and ``key=value``
+    overrides.
+
+    Order: schema defaults, ``datamodules/<dataset>.yaml``, the callback presets
+    (``callbacks/<name>.yaml``) that the experiment file lists under ``callbacks:``, the rest of
+    ``experiments/<method>.yaml`` (so it can tune its presets), the presets of ``callbacks=a,b``,
+    then the dotted overrides. Presets picked on the command line are appended to
+    ``method.name`` (``vanilla+tfa``), so such runs get their own folder, W&B tag and column in
+    comparisons.
+    """
     overrides = list(overrides or [])
-    picks = {"dataset": "synthetic", "method": "elta"}
+    picks = {"dataset": "synthetic", "method": "elta", "callbacks": ""}
     dotlist = []
     for item in overrides:
         if "=" not in item:
@@ -300,11 +309,30 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
             picks[key] = value
         else:
             dotlist.append(item)
-    cfg = OmegaConf.structured(RunConfig)
-    for group, pick in (("datamodules", picks["dataset"]), ("experiments", picks["method"])):
-        path = _group_file(group, pick)
-        cfg = _merge(cfg, OmegaConf.load(path), str(path))
+    cfg = _merge_group(OmegaConf.structured(RunConfig), "datamodules", picks["dataset"])
+    path = _group_file("experiments", picks["method"])
+    experiment = _read_yaml(path)
+    for name in experiment.pop("callbacks", None) or []:
+        cfg = _merge_group(cfg, "callbacks", name)
+    cfg = _merge(cfg, experiment, str(path))
+    picked = [name for name in picks["callbacks"].split(",") if name]
+    for name in picked:
+        cfg = _merge_group(cfg, "callbacks", name)
+    if picked:
+        cfg.method.name = "+".join([cfg.method.name, *picked])
     return apply_overrides(cfg, dotlist)
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    loaded = OmegaConf.load(path)
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    return loaded
+
+
+def _merge_group(cfg: DictConfig, group: str, name: str) -> DictConfig:
+    path = _group_file(group, name)
+    return _merge(cfg, _read_yaml(path), str(path))
 
 
 def apply_overrides(cfg: DictConfig, dotlist: list[str]) -> DictConfig:

@@ -79,3 +79,13 @@ def test_score_head_run_for_scalar_targets(tmp_path, synthetic_cache) -> None:
     module = load_checkpoint(result.run_dir / "checkpoints" / "best.ckpt")
     scores, probs = module.predict_scores(torch.zeros(2, 3, 32, 32))
     assert probs is None and ((scores >= 1) & (scores <= 10)).all()
+
+
+def test_callback_preset_on_vanilla_trains_into_its_own_run_folder(tmp_path, synthetic_cache):
+    overrides = tiny_run_overrides(synthetic_cache, tmp_path) + [
+        "callbacks=tfa",
+        "trainer.max_epochs=1",
+    ]
+    result = train(load_config(overrides))
+    assert result.run_dir.parent.name == "vanilla+tfa"
+    assert "test/srcc" in result.metrics

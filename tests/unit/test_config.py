@@ -1,5 +1,7 @@
 """Config composition and validation: groups, overrides, errors that name the key."""
 
+from pathlib import Path
+
 import pytest
 
 from elta_lightning.config import ConfigError, load_config
@@ -65,3 +67,35 @@ def test_override_without_equals_sign_is_rejected() -> None:
 def test_rrt_stage_needs_a_checkpoint() -> None:
     with pytest.raises(ConfigError, match="init_from"):
         load_config(["stage=rrt"])
+
+
+def test_callback_presets_add_parts_to_any_method_and_name_the_run() -> None:
+    cfg = load_config(["method=vanilla", "callbacks=tfa,flsa", "method.flsa.weight=0.5"])
+    assert cfg.method.name == "vanilla+tfa+flsa"
+    assert cfg.method.module == "iaa" and cfg.method.tfa.enabled
+    assert cfg.method.flsa.weight == 0.5  # dotted overrides still win over presets
+
+
+def test_unknown_callback_preset_lists_the_presets() -> None:
+    with pytest.raises(ConfigError, match="unknown callback preset 'tfx'.*Did you mean 'tfa'"):
+        load_config(["callbacks=tfx"])
+
+
+def test_experiment_files_can_list_presets(tmp_path, monkeypatch) -> None:
+    """An experiment's `callbacks:` presets come before its own keys; a bad key in a preset
+    names the file."""
+    import shutil
+
+    for folder in ("datamodules", "callbacks"):
+        shutil.copytree(Path(__file__).resolve().parents[2] / folder, tmp_path / folder)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "mixup.yaml").write_text(
+        "callbacks: [tfa]\nmethod:\n  name: mixup\n  tfa:\n    tau1: 0.2\n"
+    )
+    monkeypatch.setenv("ELTA_CONFIG_ROOT", str(tmp_path))
+    cfg = load_config(["method=mixup"])
+    assert cfg.method.name == "mixup"  # listed by the experiment: its name already says so
+    assert cfg.method.tfa.enabled and cfg.method.tfa.tau1 == 0.2  # the experiment tunes it
+    (tmp_path / "callbacks" / "broken.yaml").write_text("method:\n  tfa:\n    tau3: 1\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml.*tau3"):
+        load_config(["method=mixup", "callbacks=broken"])
