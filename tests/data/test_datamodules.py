@@ -193,3 +193,14 @@ def test_dataset_yaml_documents_every_data_option(name: str) -> None:
     expected = {f.name for f in fields(DataConfig)} - others
     assert set(written) == expected
     assert set(written["transforms"]) == {f.name for f in fields(TransformConfig)}
+
+
+def test_auto_layout_prefers_native_files_in_a_label_subfolder_over_root_csvs(tmp_path) -> None:
+    """An AADB download with the ELTA CSVs at the root and the native lists in their folder."""
+    from tiny_datasets import build_tiny_dataset
+
+    tiny = build_tiny_dataset("aadb", tmp_path / "aadb")
+    for split in ("train", "val", "test"):
+        (tiny.root / f"{split}.csv").write_text("image_id,score\nx.jpg,5\n")
+    assert build_datamodule(tiny.cfg).layout == "native"
+    assert build_datamodule(replace(tiny.cfg, layout="elta_csv")).layout == "elta_csv"

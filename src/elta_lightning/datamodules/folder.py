@@ -189,14 +189,15 @@ class FolderDataModule(IAADataModule):
 
     @cached_property
     def _labels(self) -> tuple[Path, str]:
-        """(label folder, layout), found once from the files present."""
+        """(label folder, layout), found once from the files present: the native layout in
+        any candidate folder wins over the ELTA CSVs (``data.layout`` picks one explicitly)."""
         if self.cfg.labels_dir:
             folders = [self.under_root(self.cfg.labels_dir)]
         else:
             folders = [self.root / c for c in self.label_dir_candidates]
         wanted = LAYOUTS if self.cfg.layout == "auto" else (self.cfg.layout,)
-        for folder in folders:
-            for layout in wanted:
+        for layout in wanted:
+            for folder in folders:
                 if all((folder / f).is_file() for f in self.layout_files[layout]):
                     log.info("%s: %s layout in %s", self.name, layout, folder)
                     return folder, layout
