@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
 from elta_lightning.config import ConfigError, available, load_config, to_yaml
 from elta_lightning.errors import EltaError
 
@@ -184,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             demo = compare_demo(args.overrides)
             print(f"== vanilla vs ELTA (built-in data set) ==\n{demo.table}\n  {demo.report}")
-    except ConfigError as error:
+    except (ConfigError, MisconfigurationException) as error:
         print(f"elta: configuration error: {error}", file=sys.stderr)
         print(
             f"  datasets: {available('datamodules')}; methods: {available('experiments')}; "

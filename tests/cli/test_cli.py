@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from tiny_runs import tiny_run_overrides
 
@@ -38,6 +39,11 @@ def test_help_and_print_config() -> None:
         (["data.batchsize=4"], "batch_size"),
         (["optim.lr=abc"], "optim.lr"),
         (["method.tfa.tau2=0"], "method.tfa.tau2 must be > 0"),
+        pytest.param(
+            ["trainer.accelerator=gpu", "trainer.devices=2"],
+            "gpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a missing GPU"),
+        ),
     ],
 )
 def test_bad_configuration_is_a_clear_error_not_a_traceback(args, expected) -> None:
