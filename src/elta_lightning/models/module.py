@@ -10,11 +10,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics import MaxMetric
 
 from elta_lightning.config import ConfigError
 from elta_lightning.losses import emd_loss, mse_loss
-from elta_lightning.metrics import IAAMetrics, PredictionCollector
+from elta_lightning.metrics import IAAMetrics, PredictionCollector, best_so_far
 from elta_lightning.models.backbone import Backbone
 from elta_lightning.models.heads import DistributionHead, ScoreHead
 from elta_lightning.scales import ScoreScale
@@ -81,7 +80,7 @@ class IAAModule(pl.LightningModule):
         with_dist = self.head_kind == "distribution"
         self.val_metrics = IAAMetrics(self.scale, tuple(region_cuts), with_dist)
         self.test_metrics = IAAMetrics(self.scale, tuple(region_cuts), with_dist)
-        self.val_srcc_best = MaxMetric()
+        self.val_srcc_best = best_so_far("srcc")
         self.test_predictions = PredictionCollector()
         self.feature_transforms: dict[str, FeatureTransform] = {}
         self.auxiliary_losses: dict[str, AuxiliaryLoss] = {}
