@@ -32,6 +32,11 @@ then dotted keys. Examples:
   elta train optim.lr=1e-4 trainer.max_epochs=5 logger.mode=disabled
   elta train method=vanilla callbacks=tfa,flsa # presets of callbacks/*.yaml on any method
   elta train --print-config method=elta        # show the resolved config and exit
+
+ELTA's temperatures (method.tfa.tau1, method.tfa.tau2, method.apds.beta) act on mean scores on
+the common 0..10 scale (AVA and TAD66K as they are, AADB x10, PARA x2), for every data set and
+both heads, so one value means the same thing everywhere. Every key and its meaning:
+src/elta_lightning/config.py and the comments in datamodules/*.yaml, experiments/*.yaml.
 """
 
 

@@ -150,7 +150,7 @@ class Recorder(pl.Callback):
         self.report["auxiliary_losses"] = sorted(pl_module.auxiliary_losses)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.report["flsa"] = float(trainer.callback_metrics["train/flsa_step"])
+        self.report["flsa"] = float(trainer.callback_metrics["train/flsa"])
         self.report["world_size"] = trainer.world_size
         self.report["global_rank"] = trainer.global_rank
         self.report["strategy"] = type(trainer.strategy).__name__

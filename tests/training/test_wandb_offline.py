@@ -28,7 +28,7 @@ def test_offline_run_records_group_tags_config_and_metrics(tmp_path, synthetic_c
     assert record["config"]["seed"] == 7
     assert record["config"]["method"]["name"] == "vanilla"
     logged = {key for row in record["history"] for key in row}
-    assert {"train/loss_step", "val/srcc", "val/srcc_best", "test/srcc"} <= logged
+    assert {"train/loss", "train/loss_epoch", "val/srcc", "val/srcc_best", "test/srcc"} <= logged
     val_best = [row["val/srcc_best"] for row in record["history"] if "val/srcc_best" in row]
     assert val_best == sorted(val_best)  # a best-so-far never decreases
     assert record["summary"]["test/srcc"] == pytest.approx(result.metrics["test/srcc"], abs=1e-6)

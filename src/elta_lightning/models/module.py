@@ -138,13 +138,18 @@ class IAAModule(pl.LightningModule):
             step = transform(self, step)
         output = self.head(step.features)
         loss = self.task_loss(output, step)
-        size = batch["image"].shape[0]
-        for name, auxiliary in self.auxiliary_losses.items():
-            value = auxiliary(self, step, output)
-            self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=size)
-            loss = loss + value
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        losses = {
+            name: auxiliary(self, step, output) for name, auxiliary in self.auxiliary_losses.items()
+        }
+        loss = loss + sum(losses.values())
+        self._log_losses({"loss": loss, **losses}, batch["image"].shape[0])
         return loss
+
+    def _log_losses(self, losses: dict[str, torch.Tensor], size: int) -> None:
+        """``train/<name>`` every step and ``train/<name>_epoch`` as the epoch's mean."""
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, on_step=True, prog_bar=name == "loss", batch_size=size)
+            self.log(f"train/{name}_epoch", value, on_step=False, on_epoch=True, batch_size=size)
 
     # ----- evaluation ----------------------------------------------------------------------
     def _evaluate(self, batch: dict[str, torch.Tensor], metrics: IAAMetrics) -> torch.Tensor:
