@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 
 from elta_lightning.config import ConfigError, load_config
+from elta_lightning.run import run_id_for
 
 #: (metrics key, row label) of the tables; arrows say which direction is better. The tail
 #: regions are the training set's 0-20 / 20-80 / 80-100 % score percentiles.
@@ -77,7 +77,7 @@ def compare_demo(overrides: Sequence[str] = ()) -> CompareResult:
         if item.split("=", 1)[0] in ("dataset", "method"):
             raise ConfigError(f"compare-demo fixes the data set and the methods; drop {item!r}")
     base = load_config(["dataset=synthetic", *overrides])
-    run_id = base.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-seed{base.seed}"
+    run_id = run_id_for(base)
     runs: dict[str, Path] = {}
     metrics: dict[str, dict[str, float]] = {}
     for method in DEMO_METHODS:

@@ -9,6 +9,7 @@ import logging
 import math
 import netrc
 import os
+import secrets
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,12 +49,41 @@ class RunResult:
     metrics: dict[str, float]
 
 
+def new_run_id(seed: int) -> str:
+    """A fresh run id: time, seed and a random suffix (two runs started in the same second of
+    one process, as in a notebook, still get their own folders)."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}-{secrets.token_hex(2)}"
+
+
+def run_id_for(cfg: DictConfig) -> str:
+    """The run id every process of one run agrees on.
+
+    ``run_id=`` when given. A process that Lightning launched for a rank > 0 (``LOCAL_RANK`` set
+    by its launcher) takes the id its rank-0 parent exported in ``ELTA_RUN_ID``. Processes
+    started together by torchrun or SLURM take the job's id. Otherwise a new id, exported so
+    that the processes Lightning launches next inherit it.
+    """
+    if cfg.run_id:
+        return cfg.run_id
+    if int(os.environ.get("LOCAL_RANK", "0")) > 0 and os.environ.get(RUN_ID_ENV):
+        return os.environ[RUN_ID_ENV]
+    job = launcher_job_id()
+    return f"job{job}-seed{cfg.seed}" if job else new_run_id(cfg.seed)
+
+
+def launcher_job_id() -> str | None:
+    """The id of a multi-process job started by torchrun or SLURM (known to all its processes)."""
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID")
+    if elastic and elastic != "none":
+        return elastic
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_ID"):
+        return os.environ["SLURM_JOB_ID"]
+    return None
+
+
 def run_dir_for(cfg: DictConfig) -> Path:
-    """``runs/<dataset>/<method>/<run id>``; the id is shared by every DDP process through the
-    environment, so processes re-launched by Lightning write to the same folder."""
-    run_id = cfg.run_id or os.environ.get(RUN_ID_ENV)
-    if not run_id:
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{cfg.seed}"
+    """``runs/<dataset>/<method>/<run id>`` (see :func:`run_id_for`)."""
+    run_id = run_id_for(cfg)
     os.environ[RUN_ID_ENV] = run_id
     return Path(cfg.runs_dir) / cfg.data.name / cfg.method.name / run_id
 
