@@ -12,13 +12,11 @@ the same metrics and the complete predictions in dataset order; the 2-process me
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ddp_launch import run_ddp_script
 from scipy import stats
 
 SCRIPT = Path(__file__).with_name("ddp_metrics_run.py")
@@ -42,21 +40,7 @@ KEYS = {
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp_metrics")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"}
-        and not k.startswith(("SLURM_", "TORCHELASTIC_", "PL_"))
-    }
-    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, f"DDP run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    run_ddp_script(SCRIPT, out)
     return out
 
 

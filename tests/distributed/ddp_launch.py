@@ -1,0 +1,28 @@
+"""Run a 2-process DDP helper script in a fresh process, as the DDP tests do (DDP inside the
+pytest process can collide on ports, and the ``ddp`` launcher would re-run pytest)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+#: Variables of an outer launcher that must not leak into the script's own process group.
+LAUNCHER_VARS = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"}
+
+
+def run_ddp_script(script: Path, out: Path, timeout: int = 180) -> None:
+    """Run ``python <script> <out>`` offline on one thread per process; fail with its output."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in LAUNCHER_VARS and not k.startswith(("SLURM_", "TORCHELASTIC_", "PL_"))
+    }
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"DDP run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
