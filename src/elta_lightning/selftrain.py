@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,21 +48,23 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from elta_lightning.callbacks import PseudoLabelSelection, PseudoLabelSelector
 from elta_lightning.compare import markdown_table
 from elta_lightning.datamodules import build_datamodule
 from elta_lightning.datamodules.ava import read_ava_csv
-from elta_lightning.datamodules.base import build_transform
-from elta_lightning.datamodules.images import ImageDecodeError, load_rgb
 from elta_lightning.datamodules.labels import LabelTable
 from elta_lightning.datamodules.synthetic import ensure_unlabeled
+from elta_lightning.datamodules.unlabeled import (
+    IMAGE_SUFFIXES,
+    UnlabeledImages,
+    list_images,
+    unreadable_report,
+)
 from elta_lightning.errors import EltaError
 from elta_lightning.metrics import region_masks
 from elta_lightning.models.module import IAAModule, resolve_head
-from elta_lightning.predict import IMAGE_SUFFIXES
 from elta_lightning.run import build_trainer, load_checkpoint, model_scale, run_dir_for, train
 from elta_lightning.scales import ScoreScale
 
@@ -119,11 +120,7 @@ def resolve_unlabeled(cfg: DictConfig) -> UnlabeledSet:
         return UnlabeledSet(folder / "images", labels.image_ids, described, labels)
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(
-            p.relative_to(path).as_posix()
-            for p in path.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
+        files = list_images(path)
         if not files:
             raise SelfTrainError(
                 f"method.apds.unlabeled={source}: no image files ({sorted(IMAGE_SUFFIXES)}) there"
@@ -150,29 +147,6 @@ def _read_file_list(path: Path) -> UnlabeledSet:
     if len(set(files)) != len(files):
         raise SelfTrainError(f"method.apds.unlabeled={path}: an image is listed twice")
     return UnlabeledSet(root, files, f"file list {path} ({len(files)} images)")
-
-
-class UnlabeledImages(Dataset):
-    """Eval-transformed unlabeled images; an undecodable file becomes a blank placeholder with
-    ``readable=False`` (left out of the selection, reported by name afterwards)."""
-
-    def __init__(self, unlabeled: UnlabeledSet, transforms: Any) -> None:
-        self.unlabeled = unlabeled
-        self.transform = build_transform(transforms, train=False)
-        self.placeholder_size = transforms.eval_resize
-        self.draft_size = transforms.eval_resize
-
-    def __len__(self) -> int:
-        return len(self.unlabeled.files)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        try:
-            image = load_rgb(self.unlabeled.root / self.unlabeled.files[index], self.draft_size)
-            readable = True
-        except ImageDecodeError:
-            image = Image.new("RGB", (self.placeholder_size, self.placeholder_size))
-            readable = False
-        return {"image": self.transform(image), "index": index, "readable": readable}
 
 
 class UnlabeledDataModule(pl.LightningDataModule):
@@ -207,7 +181,7 @@ def predict_pseudo_labels(
     through ``trainer.predict`` and :class:`PseudoLabelSelector`."""
     apds = cfg.method.apds
     selector = PseudoLabelSelector(apds.beta, apds.threshold)
-    dataset = UnlabeledImages(unlabeled, module.cfg.data.transforms)
+    dataset = UnlabeledImages(unlabeled.root, unlabeled.files, module.cfg.data.transforms)
     batch = cfg.data.eval_batch_size or cfg.data.batch_size
     data = UnlabeledDataModule(dataset, batch, cfg.data.num_workers)
     trainer = build_trainer(cfg, work_dir, None, [selector])
@@ -233,20 +207,6 @@ def _require_distribution(head: str, what: str) -> None:
             "head: self-training works on data sets with rating levels (AVA, PARA, built-in) "
             "with model.head=auto or distribution"
         )
-
-
-def unreadable_report(unlabeled: UnlabeledSet, rows: Iterable[int], limit: int = 5) -> str:
-    """The first ``limit`` unreadable images with the reason, read again for the message."""
-    rows = list(rows)
-    reasons = []
-    for row in rows[:limit]:
-        try:
-            load_rgb(unlabeled.root / unlabeled.files[row])
-            reasons.append(f"{unlabeled.files[row]} (unreadable while predicting)")
-        except ImageDecodeError as error:
-            reasons.append(str(error))
-    more = f"; and {len(rows) - limit} more" if len(rows) > limit else ""
-    return "; ".join(reasons) + more
 
 
 # ----- oracle analysis (uses labels) ----------------------------------------------------------
@@ -380,8 +340,8 @@ def self_train(cfg: DictConfig, skip_unreadable: bool = False) -> SelfTrainResul
     if unreadable and not skip_unreadable:
         raise SelfTrainError(
             f"{len(unreadable)} unreadable image(s) in the unlabeled set: "
-            f"{unreadable_report(unlabeled, unreadable)}. Fix or remove them, or pass "
-            "--skip-unreadable to leave them out (counted in the provenance)"
+            f"{unreadable_report(unlabeled.root, unlabeled.files, unreadable)}. Fix or remove "
+            "them, or pass --skip-unreadable to leave them out (counted in the provenance)"
         )
     oracle: OracleChoice | None = None
     if apds.oracle:
