@@ -67,3 +67,37 @@ def test_images_are_jpegs_whose_quality_follows_the_score(tmp_path) -> None:
         sharpness.append(array.std(axis=(0, 1)).mean())  # contrast grows with the score
     correlation = np.corrcoef(table.scores, sharpness)[0, 1]
     assert correlation > 0.5
+
+
+def _generate_in_child(cfg: SyntheticConfig) -> None:
+    ensure_generated(cfg)
+
+
+def test_concurrent_processes_generate_the_data_set_once(tmp_path, monkeypatch) -> None:
+    """DDP ranks all ask for the data set at start-up: the first builds it, the others wait."""
+    import multiprocessing
+
+    from elta_lightning.datamodules import synthetic
+
+    calls = tmp_path / "calls.txt"
+    original = synthetic.generate
+
+    def counting_generate(cfg, folder):
+        with calls.open("a") as handle:
+            handle.write("generated\n")
+        original(cfg, folder)
+
+    monkeypatch.setattr(synthetic, "generate", counting_generate)
+    cfg = SyntheticConfig(
+        num_train=60, num_val=5, num_test=5, image_size=32, cache_dir=str(tmp_path)
+    )
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_generate_in_child, args=(cfg,)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert calls.read_text().count("generated") == 1
+    assert (dataset_folder(cfg) / "meta.json").is_file()
+    assert not list(tmp_path.glob("*.tmp-*"))  # no staging folder left behind

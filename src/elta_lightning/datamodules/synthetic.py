@@ -12,10 +12,13 @@ photos, the picture does not determine its score: the visual cues follow the sco
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -129,22 +132,29 @@ def dataset_folder(cfg: SyntheticConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() / f"synthetic-{digest}"
 
 
-def ensure_generated(cfg: SyntheticConfig) -> Path:
-    """Generate the data set once (atomically: into a temporary folder, then renamed)."""
-    folder = dataset_folder(cfg)
-    if (folder / "meta.json").is_file():
+def build_once(folder: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """``folder``, built by ``build(staging)`` unless ``folder / marker`` exists already.
+
+    A lock file makes concurrent processes (the ranks of a DDP run) wait for the first one
+    instead of building again; building into a temporary folder that is then renamed means a
+    crash never leaves a half-written data set behind.
+    """
+    if (folder / marker).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    generate(cfg, staging)
-    try:
-        staging.rename(folder)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (folder / "meta.json").is_file():
-            raise
+    with open(folder.with_name(f"{folder.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / marker).is_file():
+            staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            build(staging)
+            staging.rename(folder)
     return folder
+
+
+def ensure_generated(cfg: SyntheticConfig) -> Path:
+    """Generate the data set once (see :func:`build_once`)."""
+    return build_once(dataset_folder(cfg), "meta.json", lambda staging: generate(cfg, staging))
 
 
 def unlabeled_folder(cfg: SyntheticConfig) -> Path:
@@ -165,24 +175,17 @@ def ensure_unlabeled(cfg: SyntheticConfig) -> Path:
             f"data.synthetic.num_unlabeled must be >= 1 for an unlabeled split, got "
             f"{cfg.num_unlabeled}"
         )
-    folder = unlabeled_folder(cfg)
-    if (folder / "hidden_labels.csv").is_file():
-        return folder
     ensure_generated(cfg)
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    return build_once(unlabeled_folder(cfg), "hidden_labels.csv", partial(_generate_unlabeled, cfg))
+
+
+def _generate_unlabeled(cfg: SyntheticConfig, folder: Path) -> None:
+    """Write the unlabeled split's images and hidden labels into ``folder``."""
     rng = np.random.default_rng([cfg.seed, 1])
     votes, cues = draw_samples(cfg.num_unlabeled, cfg, rng)
     ids = [f"unl{k:06d}" for k in range(cfg.num_unlabeled)]
-    _render_images(staging / "images", ids, cues, cfg.image_size, rng)
-    _write_csv(staging / "hidden_labels.csv", ids, votes)
-    try:
-        staging.rename(folder)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (folder / "hidden_labels.csv").is_file():
-            raise
-    return folder
+    _render_images(folder / "images", ids, cues, cfg.image_size, rng)
+    _write_csv(folder / "hidden_labels.csv", ids, votes)
 
 
 class SyntheticDataModule(IAADataModule):
