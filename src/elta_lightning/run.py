@@ -326,11 +326,10 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None) ->
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
-    if (module.head_kind == "distribution") != datamodule.has_distribution:
+    if module.head_kind == "distribution" and not datamodule.has_distribution:
         raise CheckpointError(
-            f"{path} has a {module.head_kind} head, but the {cfg.data.name} labels given "
-            f"({'with' if datamodule.has_distribution else 'without'} vote distributions) do "
-            "not fit it: evaluate with the data layout the model was trained on"
+            f"{path} has a distribution head, but the {cfg.data.name} labels given have no vote "
+            "distributions to evaluate it on: use the data layout the model was trained on"
         )
     trainer = build_trainer(cfg, Path(path).parent, None, [])
     trainer.test(module, datamodule=datamodule, verbose=False)

@@ -76,9 +76,13 @@ def test_score_head_run_for_scalar_targets(tmp_path, synthetic_cache) -> None:
     ]
     result = train(load_config(overrides))
     assert "test/emd1" not in result.metrics
-    module = load_checkpoint(result.run_dir / "checkpoints" / "best.ckpt")
+    checkpoint = result.run_dir / "checkpoints" / "best.ckpt"
+    module = load_checkpoint(checkpoint)
     scores, probs = module.predict_scores(torch.zeros(2, 3, 32, 32))
     assert probs is None and ((scores >= 1) & (scores <= 10)).all()
+    # a score head evaluates on data with vote distributions too (it uses the mean scores)
+    again = evaluate_checkpoint(checkpoint)
+    assert again["test/srcc"] == pytest.approx(result.metrics["test/srcc"], abs=1e-5)
 
 
 def test_callback_preset_on_vanilla_trains_into_its_own_run_folder(tmp_path, synthetic_cache):
