@@ -169,20 +169,16 @@ class IAADataModule(pl.LightningDataModule):
             tables[split] = self._check_images(tables[split], split)
         self.tables = tables
         draft = max(self.cfg.transforms.train_resize, self.cfg.transforms.eval_resize)
-        for split in SPLITS:
-            transform = build_transform(self.cfg.transforms, train=split == "train")
+        for split in ("val", "test"):
+            transform = build_transform(self.cfg.transforms, train=False)
             self.datasets[split] = IAADataset(tables[split], self.image_dir, transform, draft)
-        if self.extra_train:
-            extra = [table for table, _ in self.extra_train]
+        train, row_dirs = tables["train"], None
+        if self.extra_train:  # e.g. pseudo-labels, each block with its own image folder
+            train = LabelTable.concat([train, *(table for table, _ in self.extra_train)])
             row_dirs = [self.image_dir] * len(tables["train"])
             row_dirs += [folder for table, folder in self.extra_train for _ in range(len(table))]
-            self.datasets["train"] = IAADataset(
-                LabelTable.concat([tables["train"], *extra]),
-                self.image_dir,
-                build_transform(self.cfg.transforms, train=True),
-                draft,
-                row_dirs,
-            )
+        transform = build_transform(self.cfg.transforms, train=True)
+        self.datasets["train"] = IAADataset(train, self.image_dir, transform, draft, row_dirs)
 
     def add_training_rows(self, table: LabelTable, image_dir: Path) -> None:
         """Extra labelled rows for the train loader only, e.g. the pseudo-labels of a
