@@ -15,8 +15,7 @@ from tiny_datasets import real_labels, small_config
 
 from elta_lightning.datamodules import build_datamodule
 from elta_lightning.datamodules.ava import read_ava_csv
-from elta_lightning.datamodules.base import check_labels
-from elta_lightning.datamodules.folder import split_overlap_warnings
+from elta_lightning.datamodules.base import check_labels, split_overlap_warnings
 from elta_lightning.datamodules.labels import LabelTable
 
 

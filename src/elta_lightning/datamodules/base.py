@@ -124,6 +124,34 @@ def check_labels(table: LabelTable, scale: ScoreScale, split: str) -> None:
         fail(np.sort(first[counts > 1]), "whose image id appears more than once")
 
 
+def split_overlap_warnings(tables: dict[str, LabelTable]) -> list[str]:
+    """Messages for splits that share images (selecting a model on test images, leaking)."""
+    ids = {split: set(table.image_ids) for split, table in tables.items()}
+    fix = "set data.val_split=carve to carve the validation split from train instead"
+    messages = []
+    for first, second in (("val", "test"), ("train", "test"), ("train", "val")):
+        shared = ids[first] & ids[second]
+        if not shared:
+            continue
+        examples = ", ".join(sorted(shared)[:3])
+        if first == "val" and ids["val"] == ids["test"]:
+            messages.append(
+                f"the validation split is the test split ({len(shared)} images): checkpoint "
+                f"selection and early stopping will use the test set; {fix}"
+            )
+        elif first == "val":
+            messages.append(
+                f"the validation and test splits share {len(shared)} images (e.g. {examples}): "
+                f"model selection sees part of the test set; {fix}"
+            )
+        else:
+            messages.append(
+                f"the {first} and {second} splits share {len(shared)} images (e.g. {examples}): "
+                f"scores on {second} are optimistic"
+            )
+    return messages
+
+
 class IAADataModule(pl.LightningDataModule):
     """Shared pipeline of every IAA data set.
 
@@ -168,6 +196,9 @@ class IAADataModule(pl.LightningDataModule):
             check_labels(tables[split], self.scale, split)
             tables[split] = self._check_images(tables[split], split)
         self.tables = tables
+        self.split_warnings = split_overlap_warnings(tables)
+        for message in self.split_warnings:
+            log.warning("%s: %s", self.name, message)
         draft = max(self.cfg.transforms.train_resize, self.cfg.transforms.eval_resize)
         for split in ("val", "test"):
             transform = build_transform(self.cfg.transforms, train=False)

@@ -103,32 +103,10 @@ def carve_validation(
     return table.subset(train), table.subset(val)
 
 
-def split_overlap_warnings(tables: dict[str, LabelTable]) -> list[str]:
-    """Messages for splits that share images (selecting a model on test images, leaking)."""
-    ids = {split: set(table.image_ids) for split, table in tables.items()}
-    fix = "set data.val_split=carve to carve the validation split from train instead"
-    messages = []
-    for first, second in (("val", "test"), ("train", "test"), ("train", "val")):
-        shared = ids[first] & ids[second]
-        if not shared:
-            continue
-        examples = ", ".join(sorted(shared)[:3])
-        if first == "val" and ids["val"] == ids["test"]:
-            messages.append(
-                f"the validation split is the test split ({len(shared)} images): checkpoint "
-                f"selection and early stopping will use the test set; {fix}"
-            )
-        elif first == "val":
-            messages.append(
-                f"the validation and test splits share {len(shared)} images (e.g. {examples}): "
-                f"model selection sees part of the test set; {fix}"
-            )
-        else:
-            messages.append(
-                f"the {first} and {second} splits share {len(shared)} images (e.g. {examples}): "
-                f"scores on {second} are optimistic"
-            )
-    return messages
+def resolve_under(base: Path, path: str) -> Path:
+    """``path`` (``~`` expanded) if absolute, else relative to ``base``."""
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else base / candidate
 
 
 @dataclass
@@ -184,8 +162,7 @@ class FolderDataModule(IAADataModule):
 
     def under_root(self, path: str) -> Path:
         """``path`` if absolute, else relative to ``data.root``."""
-        candidate = Path(path).expanduser()
-        return candidate if candidate.is_absolute() else self.root / candidate
+        return resolve_under(self.root, path)
 
     @cached_property
     def _labels(self) -> tuple[Path, str]:
@@ -221,8 +198,7 @@ class FolderDataModule(IAADataModule):
 
     def label_path(self, path: str) -> Path:
         """``path`` if absolute, else relative to the label folder."""
-        candidate = Path(path).expanduser()
-        return candidate if candidate.is_absolute() else self.labels_dir / candidate
+        return resolve_under(self.labels_dir, path)
 
     @cached_property
     def source_image_dir(self) -> Path:
@@ -282,14 +258,6 @@ class FolderDataModule(IAADataModule):
                 self.cfg.split_seed,
             )
         return {"train": train, "val": val, "test": splits["test"]}
-
-    def setup(self, stage: str | None = None) -> None:
-        first = not self.tables
-        super().setup(stage)
-        if first:
-            self.split_warnings = split_overlap_warnings(self.tables)
-            for message in self.split_warnings:
-                log.warning("%s: %s", self.name, message)
 
     def _check_images(self, table: LabelTable, split: str) -> LabelTable:
         """Without ``data.prepared``: the base class's file-exists check. With it: the statuses

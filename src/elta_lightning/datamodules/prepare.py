@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from elta_lightning.datamodules.base import split_overlap_warnings
 from elta_lightning.datamodules.folder import (
     INDEX_COLUMNS,
     INDEX_FILE,
@@ -36,7 +37,6 @@ from elta_lightning.datamodules.folder import (
     REPORT_FILE,
     RESIZED_FOLDER,
     FolderDataModule,
-    split_overlap_warnings,
 )
 from elta_lightning.datamodules.images import ImageDecodeError, load_rgb
 from elta_lightning.datamodules.labels import LabelTable
