@@ -12,7 +12,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 
 from elta_lightning.config import ConfigError, load_config
-from elta_lightning.run import run_id_for
+from elta_lightning.run import run_id_for, train
 
 #: (metrics key, row label) of the tables; arrows say which direction is better. The tail
 #: regions are the training set's 0-20 / 20-80 / 80-100 % score percentiles.
@@ -71,8 +71,6 @@ def compare_demo(overrides: Sequence[str] = ()) -> CompareResult:
     """Train ``vanilla`` and ``elta`` on the built-in data set with the same overrides (budget),
     seed and run id, through :func:`elta_lightning.run.train`; write the table to
     ``<runs_dir>/synthetic/compare/<run id>.md`` (and ``.json``) and return it."""
-    from elta_lightning.run import train
-
     for item in overrides:
         if item.split("=", 1)[0] in ("dataset", "method"):
             raise ConfigError(f"compare-demo fixes the data set and the methods; drop {item!r}")

@@ -322,17 +322,20 @@ def config_of(module: IAAModule, overrides: list[str]) -> DictConfig:
 def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None) -> dict[str, float]:
     """Evaluate a checkpoint on its data set's test split with the metrics of a training run."""
     module = load_checkpoint(path)
-    cfg = config_of(module, overrides or [])
+    return evaluate(module, config_of(module, overrides or []), Path(path).parent)
+
+
+def evaluate(module: IAAModule, cfg: DictConfig, work_dir: Path) -> dict[str, float]:
+    """Test-split metrics of a trained ``module`` on the data set ``cfg.data`` names."""
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("test")
     if module.head_kind == "distribution" and not datamodule.has_distribution:
         raise CheckpointError(
-            f"{path} has a distribution head, but the {cfg.data.name} labels given have no vote "
-            "distributions to evaluate it on: use the data layout the model was trained on"
+            f"the model has a distribution head, but the {cfg.data.name} labels given have no "
+            "vote distributions to evaluate it on: use the data layout it was trained on"
         )
-    trainer = build_trainer(cfg, Path(path).parent, None, [])
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    build_trainer(cfg, work_dir, None, []).test(module, datamodule=datamodule, verbose=False)
     return dict(module.test_results)
 
 

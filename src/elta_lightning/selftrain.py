@@ -65,7 +65,14 @@ from elta_lightning.datamodules.unlabeled import (
 from elta_lightning.errors import EltaError
 from elta_lightning.metrics import region_masks
 from elta_lightning.models.module import IAAModule, resolve_head
-from elta_lightning.run import build_trainer, load_checkpoint, model_scale, run_dir_for, train
+from elta_lightning.run import (
+    build_trainer,
+    evaluate,
+    load_checkpoint,
+    model_scale,
+    run_dir_for,
+    train,
+)
 from elta_lightning.scales import ScoreScale
 
 log = logging.getLogger(__name__)
@@ -189,15 +196,6 @@ def predict_pseudo_labels(
     if selector.selection is None:
         raise SelfTrainError("the prediction of the unlabeled set ended without a selection")
     return selector.selection
-
-
-def evaluate_on_test(module: IAAModule, cfg: DictConfig, work_dir: Path) -> dict[str, float]:
-    """Test-split metrics of a trained model on the data set ``cfg.data`` names."""
-    datamodule = build_datamodule(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    build_trainer(cfg, work_dir, None, []).test(module, datamodule=datamodule, verbose=False)
-    return dict(module.test_results)
 
 
 def _require_distribution(head: str, what: str) -> None:
@@ -403,7 +401,7 @@ def _first_round(
         module = load_checkpoint(checkpoint)
         _require_distribution(module.head_kind, f"the model of {checkpoint}")
         log.info("round 1: the trained model %s (init_from), tested for the report", checkpoint)
-        metrics = evaluate_on_test(module, cfg, run_dir)
+        metrics = evaluate(module, cfg, run_dir)
         return (
             module,
             checkpoint,
