@@ -51,13 +51,14 @@ class LogitCollector(Metric):
         """A batch: set indices (B,), logits (B, K), decodable flags (B,)."""
         self.index.append(index.long())
         self.logits.append(logits.detach().float())
-        self.readable.append(readable.bool())
+        self.readable.append(readable.to(torch.uint8))  # uint8: gathers on every backend
 
     def compute(self) -> tuple[Tensor, Tensor, Tensor]:
         """(index, logits, readable) of all images, sorted by index."""
         index = dim_zero_cat(self.index).long()
         order = torch.argsort(index, stable=True)
-        return index[order], dim_zero_cat(self.logits)[order], dim_zero_cat(self.readable)[order]
+        readable = dim_zero_cat(self.readable).bool()
+        return index[order], dim_zero_cat(self.logits)[order], readable[order]
 
 
 @dataclass(frozen=True)
