@@ -46,8 +46,8 @@ def test_help_and_print_config() -> None:
         ),
     ],
 )
-def test_bad_configuration_is_a_clear_error_not_a_traceback(args, expected) -> None:
-    result = elta("train", *args)
+def test_bad_configuration_is_a_clear_error_not_a_traceback(args, expected, tmp_path) -> None:
+    result = elta("train", *args, f"runs_dir={tmp_path / 'runs'}")  # nothing under the repo
     assert result.returncode == 2
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
@@ -116,6 +116,64 @@ def test_predict_scores_a_folder_and_reports_unreadable_files(
         assert float(row["score"]) == pytest.approx(
             sum(level * p for level, p in zip(range(1, 11), shares)), abs=1e-4
         )
+
+
+@pytest.fixture(scope="module")
+def score_head_checkpoint(tmp_path_factory, synthetic_cache) -> Path:
+    """A barely trained model with the score head (one step), in this process."""
+    from elta_lightning.config import load_config
+    from elta_lightning.run import train
+
+    runs = tmp_path_factory.mktemp("score-runs")
+    overrides = [
+        *tiny_run_overrides(synthetic_cache, runs),
+        "model.head=score",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "run_id=score",
+    ]
+    return train(load_config(overrides)).run_dir / "checkpoints" / "best.ckpt"
+
+
+@pytest.mark.parametrize("head", ["distribution", "score"])
+def test_predict_gives_the_scores_of_the_models_own_forward(
+    head, cli_run, score_head_checkpoint, tmp_path, synthetic_cache
+) -> None:
+    """`elta predict` (Lightning's predict loop, batches of 2 over 3 images) writes what the
+    model itself computes for each image: scores on both scales and, for the distribution head,
+    the vote shares."""
+    from elta_lightning.datamodules.unlabeled import UnlabeledImages
+    from elta_lightning.predict import predict_folder
+    from elta_lightning.run import load_checkpoint
+
+    checkpoint = cli_run[0] / "checkpoints" / "best.ckpt" if head == "distribution" else None
+    checkpoint = checkpoint or score_head_checkpoint
+    images = tmp_path / "photos"
+    images.mkdir()
+    for k, source in enumerate(sorted(synthetic_cache.rglob("*.jpg"))[:3]):
+        shutil.copy(source, images / f"p{k}.jpg")
+    out = tmp_path / "scores.csv"
+    report = predict_folder(checkpoint, images, out, batch_size=2)
+    assert report.startswith("scored 3 of 3 images (0 unreadable skipped)")
+    rows = list(csv.DictReader(out.open()))
+
+    module = load_checkpoint(checkpoint).eval()
+    assert module.head_kind == head
+    names = [f"p{k}.jpg" for k in range(3)]
+    dataset = UnlabeledImages(images, names, module.cfg.data.transforms)
+    with torch.no_grad():
+        scores, probs = module.predict_scores(torch.stack([dataset[k]["image"] for k in range(3)]))
+    assert [r["image"] for r in rows] == names
+    for k, row in enumerate(rows):
+        assert float(row["score"]) == pytest.approx(float(scores[k]), abs=2e-6)
+        common = float(scores[k]) * module.scale.to_common
+        assert float(row["score_common"]) == pytest.approx(common, abs=2e-6)
+        if head == "distribution":
+            shares = [float(row[f"p_{level:g}"]) for level in module.scale.levels]
+            assert shares == pytest.approx(probs[k].tolist(), abs=2e-6)
+        else:
+            assert probs is None and not any(key.startswith("p_") for key in row)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
