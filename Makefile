@@ -46,3 +46,4 @@ lint: install
 bench: install
 	$(TEST_ENV) $(BIN)/python benchmarks/elta_overhead.py
 	$(TEST_ENV) $(BIN)/python benchmarks/image_decode.py
+	$(TEST_ENV) $(BIN)/python benchmarks/part_overhead.py

@@ -12,6 +12,7 @@ TINY_TRAINING = [
     "data.transforms.eval_resize=32",
     "data.num_workers=0",
     "model.backbone=test_convnext",
+    "model.pretrained=none",
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "logger.mode=disabled",

@@ -18,6 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from elta_lightning.config import ConfigError, available, load_config, to_yaml
 from elta_lightning.errors import EltaError
+from elta_lightning.parts import PARTS
 
 TRAIN_HELP = """\
 Train a model, select the best epoch by val SRCC, test it, and write the run folder
@@ -25,12 +26,13 @@ runs/<dataset>/<method>/<run id>/ (config.yaml, checkpoints/, metrics.json, pred
 wandb/).
 
 Overrides are key=value words, merged in this order: the schema's defaults,
-datamodules/<dataset>.yaml, experiments/<method>.yaml, callbacks/<preset>.yaml (callbacks=a,b),
-then dotted keys. Examples:
+datamodules/<dataset>.yaml, experiments/<method>.yaml, the parts of parts=a,b (appended to
+method.parts and to the method's name), then dotted keys. Examples:
   elta train                                   # built-in data set, ELTA
   elta train dataset=para method=elta data.root=/data/PARA trainer.devices=4
   elta train optim.lr=1e-4 trainer.max_epochs=5 logger.mode=disabled
-  elta train method=vanilla callbacks=tfa,flsa # presets of callbacks/*.yaml on any method
+  elta train method=vanilla parts=tfa,flsa     # long-tail parts on any method
+  elta train method=lds parts=tfa              # LDS weights + ELTA's feature mixup
   elta train --print-config method=elta        # show the resolved config and exit
 
 ELTA's temperatures (method.tfa.tau1, method.tfa.tau2, method.apds.beta) act on mean scores on
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"elta: configuration error: {error}", file=sys.stderr)
         print(
             f"  datasets: {available('datamodules')}; methods: {available('experiments')}; "
-            f"callback presets: {available('callbacks')}",
+            f"parts: {sorted(PARTS)}",
             file=sys.stderr,
         )
         return 2

@@ -16,7 +16,24 @@ from typing import Any, Literal
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from elta_lightning.errors import EltaError
+from elta_lightning.errors import ConfigError
+from elta_lightning.label_stats import LabelStatsError, check_binning
+from elta_lightning.parts import (
+    PARTS,
+    BalancedMSEConfig,
+    CMixupConfig,
+    ConRConfig,
+    FDSConfig,
+    FLSAConfig,
+    FocalRConfig,
+    InvConfig,
+    LDSConfig,
+    RankSimConfig,
+    SqinvConfig,
+    TFAConfig,
+    check_parts,
+    part_config,
+)
 
 
 @dataclass
@@ -27,8 +44,9 @@ class TransformConfig:
     crop: int = 256
     eval_resize: int = 256
     hflip: bool = True
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # normalisation; null: the backbone's own (timm's pretrained config, ImageNet for most)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -84,6 +102,18 @@ class PARAConfig:
 
 
 @dataclass
+class LabelStatsConfig:
+    """How the training labels are binned for the long-tail parts and the few-shot metrics:
+    bins of ``bin_width`` on the common 0..10 scale; a bin is many-shot when it holds at least
+    ``many_share`` of the training images and few-shot below ``few_share`` (the DIR protocol's
+    100 / 20 images, as shares, so one default suits data sets of any size)."""
+
+    bin_width: float = 0.1
+    many_share: float = 0.02
+    few_share: float = 0.005
+
+
+@dataclass
 class DataConfig:
     """Which data set, where it lives, and how it is loaded."""
 
@@ -101,6 +131,7 @@ class DataConfig:
     split_seed: int = 0
     skip_missing_images: bool = False
     transforms: TransformConfig = field(default_factory=TransformConfig)
+    label_stats: LabelStatsConfig = field(default_factory=LabelStatsConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     ava: AVAConfig = field(default_factory=AVAConfig)  # dataset=ava only
     aadb: AADBConfig = field(default_factory=AADBConfig)  # dataset=aadb only
@@ -122,6 +153,10 @@ class ModelConfig:
     head: Literal["auto", "distribution", "score"] = "auto"
     hidden_dim: int = 64
     score_dropout: float = 0.75
+    # the score head's target: ``range`` = the score normalised over the data set's range to
+    # [0, 1] (one learning rate suits every data set); ``over10`` = the common-scale score / 10,
+    # the ELTA authors' form (AVA 1..10 -> 0.1..1.0)
+    score_target: Literal["range", "over10"] = "range"
     drop_path_rate: float = 0.0
 
 
@@ -137,29 +172,6 @@ class OptimConfig:
     step_size: int = 10
     gamma: float = 0.1
     min_lr: float = 0.0
-
-
-@dataclass
-class TFAConfig:
-    """Tail-oriented feature augmentation (feature-space mixup). Temperatures act on scores on the
-    common 0..10 scale (ELTA-CSV scale: AVA/TAD66K as is, AADB x10, PARA x2) for every dataset
-    and head. Authors' grid: tau1 in {0.05, 0.1, 0.2, 0.3, 0.4, 0.5}, tau2 in {2, ..., 7, 10}."""
-
-    enabled: bool = False
-    tau1: float = 0.5
-    tau2: float = 2.0
-    num_mixed: int = 1  # mixed samples appended per batch (authors: 1)
-    mixed_ratio: float | None = None  # when set: m = max(1, round(ratio * B)), num_mixed ignored
-
-
-@dataclass
-class FLSAConfig:
-    """Feature-label similarity alignment loss. Authors' grid for the weight:
-    {0.01, 0.1, 0.2, 0.5, 1, 5, 10, 100}; 0 turns it off. ``gather`` computes it over the batch
-    gathered from all processes (single-GPU semantics under DDP)."""
-
-    weight: float = 0.0
-    gather: bool = False
 
 
 @dataclass
@@ -182,16 +194,23 @@ class APDSConfig:
 
 @dataclass
 class MethodConfig:
-    """The long-tail method: its name (for run folders, W&B tags) and its plug-in parts.
-
-    The parts' own keys switch them on (``tfa.enabled``, ``flsa.weight > 0``); ``module`` says
-    who wires them in: ``iaa`` (the plain IAAModule, parts added as Lightning callbacks) or
-    ``elta`` (ELTAModule, which attaches them itself). Both train the same model."""
+    """The long-tail method: its name (run folders, W&B tags) and its parts, in the order they act
+    in a training step (``parts: [lds, tfa]``). Each part has its typed config node here, named
+    like the part and validated by its dataclass (see :mod:`elta_lightning.parts`)."""
 
     name: str = "vanilla"
-    module: Literal["iaa", "elta"] = "iaa"
+    parts: list[str] = field(default_factory=list)
     tfa: TFAConfig = field(default_factory=TFAConfig)
     flsa: FLSAConfig = field(default_factory=FLSAConfig)
+    inv: InvConfig = field(default_factory=InvConfig)
+    sqinv: SqinvConfig = field(default_factory=SqinvConfig)
+    lds: LDSConfig = field(default_factory=LDSConfig)
+    fds: FDSConfig = field(default_factory=FDSConfig)
+    balanced_mse: BalancedMSEConfig = field(default_factory=BalancedMSEConfig)
+    ranksim: RankSimConfig = field(default_factory=RankSimConfig)
+    conr: ConRConfig = field(default_factory=ConRConfig)
+    cmixup: CMixupConfig = field(default_factory=CMixupConfig)
+    focal_r: FocalRConfig = field(default_factory=FocalRConfig)
     apds: APDSConfig = field(default_factory=APDSConfig)
 
 
@@ -241,10 +260,6 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-class ConfigError(EltaError, ValueError):
-    """A configuration that cannot run: names the key or file and what was expected."""
-
-
 def project_root() -> Path:
     """The folder holding ``datamodules/`` and ``experiments/`` (env ``ELTA_CONFIG_ROOT`` wins)."""
     if "ELTA_CONFIG_ROOT" in os.environ:
@@ -269,7 +284,7 @@ def _group_file(group: str, name: str) -> Path:
         names = available(group)
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        kind = {"datamodules": "dataset", "experiments": "method"}.get(group, "callback preset")
+        kind = {"datamodules": "dataset", "experiments": "method"}[group]
         raise ConfigError(f"unknown {kind} {name!r}: no {path}. Available: {names}.{hint}")
     return path
 
@@ -288,18 +303,16 @@ def _describe(error: OmegaConfBaseException) -> str:
 
 
 def load_config(overrides: list[str] | None = None) -> DictConfig:
-    """Compose a run config from ``dataset=``/``method=``/``callbacks=`` picks and ``key=value``
+    """Compose a run config from ``dataset=`` / ``method=`` / ``parts=`` picks and ``key=value``
     overrides.
 
-    Order: schema defaults, ``datamodules/<dataset>.yaml``, the callback presets
-    (``callbacks/<name>.yaml``) that the experiment file lists under ``callbacks:``, the rest of
-    ``experiments/<method>.yaml`` (so it can tune its presets), the presets of ``callbacks=a,b``,
-    then the dotted overrides. Presets picked on the command line are appended to
-    ``method.name`` (``vanilla+tfa``), so such runs get their own folder, W&B tag and column in
-    comparisons.
+    Order: schema defaults, ``datamodules/<dataset>.yaml``, ``experiments/<method>.yaml``, the
+    parts of ``parts=a,b`` appended to ``method.parts`` (and to ``method.name``:
+    ``vanilla+tfa``, so such runs get their own folder, W&B tag and column in comparisons), then
+    the dotted overrides.
     """
     overrides = list(overrides or [])
-    picks = {"dataset": "synthetic", "method": "elta", "callbacks": ""}
+    picks = {"dataset": "synthetic", "method": "elta", "parts": ""}
     dotlist = []
     for item in overrides:
         if "=" not in item:
@@ -310,16 +323,11 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
         else:
             dotlist.append(item)
     cfg = _merge_group(OmegaConf.structured(RunConfig), "datamodules", picks["dataset"])
-    path = _group_file("experiments", picks["method"])
-    experiment = _read_yaml(path)
-    for name in experiment.pop("callbacks", None) or []:
-        cfg = _merge_group(cfg, "callbacks", name)
-    cfg = _merge(cfg, experiment, str(path))
-    picked = [name for name in picks["callbacks"].split(",") if name]
-    for name in picked:
-        cfg = _merge_group(cfg, "callbacks", name)
-    if picked:
-        cfg.method.name = "+".join([cfg.method.name, *picked])
+    cfg = _merge_group(cfg, "experiments", picks["method"])
+    added = [name.strip() for name in picks["parts"].split(",") if name.strip()]
+    if added:
+        cfg.method.parts = [*cfg.method.parts, *added]
+        cfg.method.name = "+".join([cfg.method.name, *added])
     return apply_overrides(cfg, dotlist)
 
 
@@ -339,6 +347,13 @@ def apply_overrides(cfg: DictConfig, dotlist: list[str]) -> DictConfig:
     """``cfg`` with dotted ``key=value`` overrides merged in, checked by :func:`validate`."""
     cfg = _merge(cfg, OmegaConf.from_dotlist(list(dotlist)), "command line")
     validate(cfg)
+    transforms = cfg.data.transforms
+    if transforms.mean is None or transforms.std is None:
+        from elta_lightning.models.backbone import backbone_normalisation
+
+        mean, std = backbone_normalisation(cfg.model.backbone)
+        transforms.mean = transforms.mean if transforms.mean is not None else mean
+        transforms.std = transforms.std if transforms.std is not None else std
     return cfg
 
 
@@ -354,15 +369,6 @@ def validate(cfg: DictConfig) -> None:
         ("optim.lr", cfg.optim.lr > 0, "> 0"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, ">= 0"),
         ("model.score_dropout", 0 <= cfg.model.score_dropout < 1, "in [0, 1)"),
-        ("method.tfa.tau1", cfg.method.tfa.tau1 > 0, "> 0"),
-        ("method.tfa.tau2", cfg.method.tfa.tau2 > 0, "> 0"),
-        ("method.tfa.num_mixed", cfg.method.tfa.num_mixed >= 1, ">= 1"),
-        (
-            "method.tfa.mixed_ratio",
-            cfg.method.tfa.mixed_ratio is None or 0 < cfg.method.tfa.mixed_ratio <= 1,
-            "null or in (0, 1]",
-        ),
-        ("method.flsa.weight", cfg.method.flsa.weight >= 0, ">= 0"),
         ("method.apds.beta", cfg.method.apds.beta >= 0, ">= 0"),
         ("method.apds.threshold", 0 < cfg.method.apds.threshold < 1, "in (0, 1)"),
         ("trainer.devices", cfg.trainer.devices >= 1, ">= 1"),
@@ -373,6 +379,14 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be {expected}, got {OmegaConf.select(cfg, key)!r}")
     if cfg.stage == "rrt" and not cfg.init_from:
         raise ConfigError("stage=rrt needs init_from=<checkpoint of a trained model>")
+    stats = cfg.data.label_stats
+    try:
+        check_binning(stats.bin_width, stats.many_share, stats.few_share)
+    except LabelStatsError as error:
+        raise ConfigError(f"data.label_stats: {error}") from error
+    check_parts(list(cfg.method.parts))
+    for name in PARTS:  # every part's node, listed or not: a sweep may set any of them
+        part_config(cfg.method, name)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -1,33 +1,90 @@
-"""``elta predict``: score every image of a folder with a trained checkpoint."""
+"""``elta predict``: score every image of a folder with a trained checkpoint.
+
+The images go through Lightning's predict loop (``IAAModule.predict_step``, as self-training's
+pseudo-labelling does, see :func:`~elta_lightning.datamodules.unlabeled.predict_unlabeled`) on
+one local device (accelerator ``auto``: a GPU where there is one); :class:`FolderScores`
+collects index, score, the predicted vote shares of distribution models and the readable flag.
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
 from pathlib import Path
+from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
+import lightning.pytorch as pl
+from torch import Tensor
 
 from elta_lightning.datamodules.unlabeled import (
     IMAGE_SUFFIXES,
-    UnlabeledImages,
     list_images,
+    predict_unlabeled,
     unreadable_report,
 )
 from elta_lightning.errors import EltaError
+from elta_lightning.metrics import IndexedCollector
+from elta_lightning.models.module import IAAModule
 from elta_lightning.run import load_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
+class FolderScores(pl.Callback):
+    """Collects ``predict_step``'s ``index`` and ``score`` (native scale), ``dist`` (vote shares)
+    for the distribution head, and the batches' ``readable`` flags. After ``trainer.predict``,
+    :attr:`table` holds them on the CPU, sorted by index (all processes' rows under DDP)."""
+
+    def __init__(self) -> None:
+        self.collector = IndexedCollector(["score", "readable"])
+        self.table: dict[str, Tensor] = {}
+
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        distribution = getattr(pl_module, "head_kind", None) == "distribution"
+        columns = ["score", "readable", *(["dist"] if distribution else [])]
+        self.collector = IndexedCollector(columns).to(pl_module.device)
+        self.table = {}
+
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        columns = {name: outputs[name] for name in self.collector.columns if name != "readable"}
+        self.collector.update(outputs["index"], readable=batch["readable"], **columns)
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.table = {name: value.cpu() for name, value in self.collector.compute().items()}
+        self.collector.reset()
+
+
+def local_predict_trainer(callbacks: list[pl.Callback]) -> pl.Trainer:
+    """A quiet Trainer for prediction on this machine: one device (GPU if any), float32, no
+    logger, checkpoints, progress bar or model summary."""
+    return pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        num_nodes=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=callbacks,
+    )
+
+
 def predict_folder(
     checkpoint: str | Path,
     images: str | Path,
     out: str | Path,
     batch_size: int = 32,
     skip_unreadable: bool = False,
+    num_workers: int = 0,
 ) -> str:
     """Write ``out`` (CSV: image, score on the native scale, score on 0..10, and the predicted
     vote shares for distribution models); return a one-line report. Unreadable images are all
@@ -35,23 +92,15 @@ def predict_folder(
     root = Path(images)
     if not root.is_dir():
         raise EltaError(f"--images: {root} is not a folder")
+    if batch_size < 1:
+        raise EltaError(f"--batch-size must be at least 1; got {batch_size}")
     files = list_images(root)
     if not files:
         raise EltaError(f"--images: no image files ({sorted(IMAGE_SUFFIXES)}) under {root}")
-    module = load_checkpoint(checkpoint).eval()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module.to(device)
-    loader = DataLoader(UnlabeledImages(root, files, module.cfg.data.transforms), batch_size)
-    rows, unreadable = [], []
-    for batch in loader:
-        scores, probs = module.predict_scores(batch["image"].to(device))
-        shares = [[]] * len(scores) if probs is None else probs.cpu().tolist()
-        found = zip(batch["index"].tolist(), batch["readable"].tolist(), scores.cpu().tolist())
-        for (index, readable, score), share in zip(found, shares):
-            if readable:
-                rows.append([files[index], score, score * module.scale.to_common, *share])
-            else:
-                unreadable.append(index)
+    module = load_checkpoint(checkpoint)
+    scores = FolderScores()
+    predict_unlabeled(local_predict_trainer([scores]), module, root, files, batch_size, num_workers)
+    rows, unreadable = _rows(module, files, scores.table)
     if unreadable and not skip_unreadable:
         raise EltaError(
             f"{len(unreadable)} unreadable image(s): {unreadable_report(root, files, unreadable)}"
@@ -72,3 +121,23 @@ def predict_folder(
         )
     skipped = len(unreadable)
     return f"scored {len(rows)} of {len(files)} images ({skipped} unreadable skipped) -> {out}"
+
+
+def _rows(
+    module: IAAModule, files: list[str], table: dict[str, Tensor]
+) -> tuple[list[list[Any]], list[int]]:
+    """CSV rows (file, score, score on 0..10, vote shares) of the readable images in file
+    order, and the indices of the unreadable ones."""
+    if len(table.get("index", ())) != len(files):
+        raise EltaError(
+            f"prediction ended with {len(table.get('index', ()))} of {len(files)} images"
+        )
+    index, readable, score = (table[k].tolist() for k in ("index", "readable", "score"))
+    shares = table["dist"].tolist() if "dist" in table else [[]] * len(index)
+    rows, unreadable = [], []
+    for row, ok, value, share in zip(index, readable, score, shares):
+        if ok:
+            rows.append([files[row], value, value * module.scale.to_common, *share])
+        else:
+            unreadable.append(row)
+    return rows, unreadable

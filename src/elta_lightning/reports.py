@@ -6,6 +6,7 @@ import numpy as np
 from scipy import stats
 
 from elta_lightning.datamodules.base import IAADataModule
+from elta_lightning.label_stats import SHOT_NAMES, LabelStats
 
 #: Extra label columns whose groups get their own test SRCC (TAD66K themes, PARA semantics).
 GROUP_COLUMNS = ("theme", "semantic")
@@ -28,13 +29,22 @@ def group_srcc(
     return report
 
 
-def run_notes(datamodule: IAADataModule, cuts: tuple[float, float]) -> dict:
-    """Split sizes, skipped rows, split warnings (model selection on test images, ...) and the
-    tail-region cuts: what a reader of the run needs to trust its numbers."""
+def run_notes(datamodule: IAADataModule, stats: LabelStats) -> dict:
+    """Split sizes, skipped rows, split warnings (model selection on test images, ...), the
+    tail-region cuts and the label statistics (bins, counts, shot regions): what a reader of the
+    run needs to trust its numbers."""
+    cuts = stats.cuts
+    many, few = stats.shot_thresholds
+    shots = stats.shot_of_bin().tolist()
     return {
         "dataset": datamodule.name,
         "split_sizes": {split: len(table) for split, table in datamodule.tables.items()},
         "skipped_rows": dict(datamodule.skipped),
         "split_warnings": list(datamodule.split_warnings),
         "region_cuts": {"low_max": cuts[0], "high_min": cuts[1]},
+        "label_stats": {
+            **stats.hparams(),
+            "shot_thresholds": {"many_min_count": many, "few_below_count": few},
+            "shot_of_bin": [SHOT_NAMES[s] for s in shots],
+        },
     }

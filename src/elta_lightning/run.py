@@ -22,23 +22,19 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from elta_lightning.callbacks import method_plugins
 from elta_lightning.config import RunConfig, apply_overrides, to_yaml
 from elta_lightning.datamodules import build_datamodule
 from elta_lightning.datamodules.base import IAADataModule
 from elta_lightning.errors import EltaError
-from elta_lightning.metrics import region_cuts
-from elta_lightning.models.elta_module import ELTAModule
+from elta_lightning.label_stats import LabelStats
 from elta_lightning.models.module import IAAModule, scale_hparams
+from elta_lightning.parts import views_needed
 from elta_lightning.reports import GROUP_COLUMNS, group_srcc, run_notes
 from elta_lightning.scales import ScoreScale
 
 log = logging.getLogger(__name__)
 
 RUN_ID_ENV = "ELTA_RUN_ID"
-
-#: The LightningModule class of each ``method.module``.
-MODULES: dict[str, type[IAAModule]] = {"iaa": IAAModule, "elta": ELTAModule}
 
 
 @dataclass
@@ -115,7 +111,7 @@ def build_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger | None:
         entity=cfg.logger.entity,
         name=f"{cfg.data.name}/{cfg.method.name}/{run_dir.name}",
         group=cfg.data.name,
-        tags=[cfg.method.name, f"seed={cfg.seed}", *cfg.logger.tags],
+        tags=[cfg.method.name, *cfg.method.parts, f"seed={cfg.seed}", *cfg.logger.tags],
         save_dir=str(run_dir),
         mode=mode,
         job_type=cfg.stage,
@@ -159,13 +155,25 @@ def model_scale(datamodule: IAADataModule) -> ScoreScale:
     return replace(datamodule.scale, levels=None)
 
 
+def label_stats_of(cfg: DictConfig, datamodule: IAADataModule) -> LabelStats:
+    """Statistics of the whole training split's labels (``data.label_stats`` binning): the same
+    on every process, because every process reads the full label files."""
+    options = cfg.data.label_stats
+    return LabelStats.from_scores(
+        datamodule.train_scores(),
+        datamodule.scale.to_common,
+        bin_width=options.bin_width,
+        many_share=options.many_share,
+        few_share=options.few_share,
+    )
+
+
 def build_module(cfg: DictConfig, datamodule: IAADataModule) -> IAAModule:
-    """The model for ``cfg``; region cuts come from the training labels (20th/80th pct)."""
-    cuts = region_cuts(datamodule.train_scores())
-    module = MODULES[cfg.method.module](
+    """The model for ``cfg`` with its parts; label statistics come from the training labels."""
+    module = IAAModule(
         config=OmegaConf.to_container(cfg, resolve=True),
         scale=scale_hparams(model_scale(datamodule)),
-        region_cuts=cuts,
+        label_stats=label_stats_of(cfg, datamodule).hparams(),
         load_pretrained=cfg.init_from is None,
     )
     if cfg.init_from:
@@ -176,26 +184,43 @@ def build_module(cfg: DictConfig, datamodule: IAADataModule) -> IAAModule:
 
 
 def load_weights(module: IAAModule, path: str | Path) -> None:
-    """Copy the weights of a checkpoint of this framework (any method) into ``module``."""
+    """Copy the weights of a checkpoint of this framework (any method) into ``module``.
+
+    Backbone and head must fit exactly. Part states (``part_states.<name>``) are taken for the
+    parts this run also has; those of parts it lacks are left out (logged), and parts new to
+    this run keep their fresh state: a model trained with ``fds`` starts an RRT stage with
+    ``lds`` as well as one trained without parts.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"init_from: checkpoint {path} not found")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"init_from: {path} is not a Lightning checkpoint (no state_dict)")
+    own = {part.name for part in module.parts}
+    state = {k: v for k, v in checkpoint["state_dict"].items() if _part_of(k) in (None, *own)}
+    left_out = sorted({_part_of(k) for k in checkpoint["state_dict"]} - own - {None})
+    if left_out:
+        log.info("init_from: %s: state of parts %s not used by this run", path, left_out)
     try:
-        module.load_state_dict(checkpoint["state_dict"])
+        missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as error:
         raise CheckpointError(
             f"init_from: {path} does not fit this model (model.backbone / model.head / data set "
             f"differ from the checkpoint's?): {str(error).splitlines()[0]}"
         ) from error
+    missing = [key for key in missing if _part_of(key) is None]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"init_from: {path} does not fit this model (model.backbone / model.head / data set "
+            f"differ from the checkpoint's?): missing keys {missing[:5]}, unexpected keys "
+            f"{unexpected[:5]}"
+        )
 
 
-def plugin_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """The long-tail parts as Trainer callbacks when ``method.module=iaa`` (ELTAModule, with
-    ``method.module=elta``, attaches the same parts itself)."""
-    return [] if cfg.method.module == "elta" else list(method_plugins(cfg))
+def _part_of(key: str) -> str | None:
+    """The part a state_dict key belongs to (``part_states.<name>.…``), None for the model."""
+    return key.split(".")[1] if key.startswith("part_states.") else None
 
 
 def json_text(values: dict[str, float]) -> str:
@@ -213,7 +238,7 @@ def write_run_files(
     image's group where the data has one), group_metrics.json (test SRCC per group, e.g. per
     TAD66K theme) and run_notes.json (split sizes, skipped rows, split warnings, region cuts)."""
     (run_dir / "metrics.json").write_text(json_text(metrics))
-    notes = run_notes(datamodule, module.hparams.region_cuts)
+    notes = run_notes(datamodule, module.label_stats)
     (run_dir / "run_notes.json").write_text(json.dumps(notes, indent=2))
     table = module.test_prediction_table
     index, predicted, target = (
@@ -266,6 +291,7 @@ def train(
     run_dir = run_dir or run_dir_for(cfg)
     write_config(run_dir, cfg)
     datamodule = datamodule or build_datamodule(cfg.data)
+    datamodule.train_views = views_needed(list(cfg.method.parts))
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
@@ -278,7 +304,7 @@ def train(
         auto_insert_metric_name=False,
     )
     logger = build_logger(cfg, run_dir)
-    trainer = build_trainer(cfg, run_dir, logger, [checkpoint, *plugin_callbacks(cfg)])
+    trainer = build_trainer(cfg, run_dir, logger, [checkpoint])
     trainer.fit(module, datamodule=datamodule)
     best_val = float(module.val_srcc_best.compute())
     trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)

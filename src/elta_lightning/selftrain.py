@@ -42,13 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from elta_lightning.callbacks import PseudoLabelSelection, PseudoLabelSelector
 from elta_lightning.compare import markdown_table
@@ -58,8 +55,8 @@ from elta_lightning.datamodules.labels import LabelTable
 from elta_lightning.datamodules.synthetic import ensure_unlabeled
 from elta_lightning.datamodules.unlabeled import (
     IMAGE_SUFFIXES,
-    UnlabeledImages,
     list_images,
+    predict_unlabeled,
     unreadable_report,
 )
 from elta_lightning.errors import EltaError
@@ -156,31 +153,6 @@ def _read_file_list(path: Path) -> UnlabeledSet:
     return UnlabeledSet(root, files, f"file list {path} ({len(files)} images)")
 
 
-class UnlabeledDataModule(pl.LightningDataModule):
-    """The predict loader: every image exactly once over all processes, in order."""
-
-    def __init__(self, dataset: UnlabeledImages, batch_size: int, num_workers: int) -> None:
-        super().__init__()
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-
-    def predict_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        sampler = None
-        if trainer is not None and trainer.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(
-                self.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank
-            )
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            shuffle=False,
-            num_workers=self.num_workers,
-        )
-
-
 def predict_pseudo_labels(
     module: IAAModule, cfg: DictConfig, unlabeled: UnlabeledSet, work_dir: Path
 ) -> PseudoLabelSelection:
@@ -188,11 +160,9 @@ def predict_pseudo_labels(
     through ``trainer.predict`` and :class:`PseudoLabelSelector`."""
     apds = cfg.method.apds
     selector = PseudoLabelSelector(apds.beta, apds.threshold)
-    dataset = UnlabeledImages(unlabeled.root, unlabeled.files, module.cfg.data.transforms)
     batch = cfg.data.eval_batch_size or cfg.data.batch_size
-    data = UnlabeledDataModule(dataset, batch, cfg.data.num_workers)
     trainer = build_trainer(cfg, work_dir, None, [selector])
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    predict_unlabeled(trainer, module, unlabeled.root, unlabeled.files, batch, cfg.data.num_workers)
     if selector.selection is None:
         raise SelfTrainError("the prediction of the unlabeled set ended without a selection")
     return selector.selection
@@ -348,7 +318,7 @@ def self_train(cfg: DictConfig, skip_unreadable: bool = False) -> SelfTrainResul
         if oracle.beta is not None:
             selection = selection.with_params(oracle.beta, oracle.threshold)
 
-    scale, cuts = module.scale, tuple(module.hparams.region_cuts)
+    scale, cuts = module.scale, module.label_stats.cuts
     table = pseudo_label_table(selection, unlabeled, apds.store, scale)
     provenance = _provenance(cfg, checkpoint, unlabeled, selection, scale, cuts, oracle)
     write_pseudo_labels(run_dir, table, selection.confidence[selection.selected], scale, provenance)

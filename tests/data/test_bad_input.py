@@ -13,6 +13,7 @@ from PIL import Image
 from tiny_datasets import TinyDataset, photo, png_bomb_header
 
 from elta_lightning.datamodules import build_datamodule
+from elta_lightning.datamodules.base import normalisation
 from elta_lightning.datamodules.images import ImageDecodeError
 from elta_lightning.datamodules.labels import LabelFileError
 
@@ -158,8 +159,7 @@ def test_cmyk_jpeg_and_16_bit_png_load_through_the_datamodule(tiny_tad66k: TinyD
     dm = build_datamodule(replace(tiny_tad66k.cfg, eval_batch_size=7))
     dm.setup()
     batch = next(iter(dm.test_dataloader()))
-    mean = torch.tensor(dm.cfg.transforms.mean).view(3, 1, 1)
-    std = torch.tensor(dm.cfg.transforms.std).view(3, 1, 1)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in normalisation(dm.cfg.transforms))
     pixels = batch["image"] * std + mean  # back to 0..1
     red = pixels[0].mean(dim=(1, 2))
     assert red[0] > 0.9 and red[1] < 0.1 and red[2] < 0.1  # CMYK red stays red

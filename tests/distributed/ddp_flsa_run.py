@@ -1,4 +1,4 @@
-"""One training step of an IAAModule with FLSA (``SimilarityAlignment``) in a real Lightning fit.
+"""One training step of an IAAModule with FLSA (the ``flsa`` part) in a real Lightning fit.
 
 Used by ``test_ddp_flsa_gather.py`` as a subprocess (its own process: a fresh port and process
 group, no interference with other Trainers in the pytest process):
@@ -7,9 +7,10 @@ group, no interference with other Trainers in the pytest process):
 
 runs ``trainer.fit`` for one step on CPU three times: with 2 processes (``strategy="ddp_fork"``,
 gloo) and ``method.flsa.gather=true``, with 2 processes and ``gather=false``, and with 1 process
-and ``gather=true``. The code path is the real one: the config's ``method.flsa`` node ->
-``SimilarityAlignment.from_config`` -> a Trainer callback that attaches itself to the IAAModule ->
-``IAAModule.training_step`` -> ``module.all_gather(..., sync_grads=True)`` -> ``flsa_loss``.
+and ``gather=true``. The code path is the real one: the config's ``method.parts=[flsa]`` and
+``method.flsa`` node -> the ``SimilarityAlignment`` part the module builds and returns from
+``configure_callbacks()`` -> ``IAAModule.training_step`` -> ``module.all_gather(...,
+sync_grads=True)`` -> ``flsa_loss``.
 
 To make the gradients checkable, the IAAModule's backbone is replaced by a bias-free linear map
 ``features = images @ W.T`` (``W``, of shape (D, D_IN), is the only parameter: the same on every
@@ -36,8 +37,8 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from elta_lightning.callbacks import SimilarityAlignment
 from elta_lightning.config import load_config
+from elta_lightning.label_stats import LabelStats
 from elta_lightning.models.module import IAAModule, scale_hparams
 from elta_lightning.scales import TAD66K_SCALE
 
@@ -95,10 +96,11 @@ class ZeroHead(nn.Module):
         return features.new_zeros(features.shape[0])
 
 
-def make_module(data: dict[str, Tensor], gather: bool) -> tuple[IAAModule, SimilarityAlignment]:
+def make_module(data: dict[str, Tensor], gather: bool) -> IAAModule:
     cfg = load_config(
         [
             "method=vanilla",
+            "parts=flsa",
             "method.flsa.weight=1.0",
             f"method.flsa.gather={str(gather).lower()}",
             "model.backbone=test_convnext",
@@ -110,7 +112,7 @@ def make_module(data: dict[str, Tensor], gather: bool) -> tuple[IAAModule, Simil
     module = IAAModule(
         config=OmegaConf.to_container(cfg, resolve=True),
         scale=scale_hparams(TAD66K_SCALE),
-        region_cuts=(4.0, 6.0),
+        label_stats=LabelStats.from_scores(data["score"], TAD66K_SCALE.to_common).hparams(),
         load_pretrained=False,
     )
     backbone = nn.Linear(D_IN, D, bias=False)
@@ -119,7 +121,7 @@ def make_module(data: dict[str, Tensor], gather: bool) -> tuple[IAAModule, Simil
     module.backbone = backbone
     module.head = ZeroHead()
     assert module.head_kind == "score"
-    return module, SimilarityAlignment.from_config(cfg.method.flsa)
+    return module
 
 
 class Recorder(pl.Callback):
@@ -147,7 +149,7 @@ class Recorder(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.report["index"] = batch["index"].tolist()
         self.report["train_loss"] = float(outputs["loss"])
-        self.report["auxiliary_losses"] = sorted(pl_module.auxiliary_losses)
+        self.report["parts"] = [part.name for part in pl_module.parts if part in trainer.callbacks]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.report["flsa"] = float(trainer.callback_metrics["train/flsa"])
@@ -160,7 +162,7 @@ class Recorder(pl.Callback):
 
 def run(out_dir: Path, devices: int, gather: bool, data: dict[str, Tensor]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    module, plugin = make_module(data, gather)
+    module = make_module(data, gather)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -172,7 +174,7 @@ def run(out_dir: Path, devices: int, gather: bool, data: dict[str, Tensor]) -> N
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[plugin, Recorder(out_dir)],
+        callbacks=[Recorder(out_dir)],
     )
     trainer.fit(module, datamodule=RankShares(data))
 

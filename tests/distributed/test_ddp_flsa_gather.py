@@ -3,8 +3,8 @@
 The Trainers run in a subprocess (``ddp_flsa_run.py``): a fresh process per test module avoids
 EADDRINUSE between DDP Trainers in one pytest process and keeps the fork away from pytest. The
 script fits one step of an IAAModule whose backbone is ``features = X @ W.T`` (``W`` its only
-parameter) and whose head is a constant (no gradient), with FLSA attached as the
-``SimilarityAlignment`` callback built from the config node ``method.flsa``. Each of the 2 ranks
+parameter) and whose head is a constant (no gradient), with FLSA as the model's part
+(``method.parts=[flsa]``, configured by the node ``method.flsa``). Each of the 2 ranks
 holds B = 5 of the N = 10 rows; the scores have ties within and across ranks.
 
 Reference: the single-process FLSA loss of the whole batch of 10 (in the order the gather
@@ -57,7 +57,7 @@ def _ranks(out: Path, run: str) -> list[dict]:
     reports = [_load(out / run / f"rank{r}.json") for r in range(WORLD)]
     assert [r["global_rank"] for r in reports] == list(range(WORLD))
     assert all(r["world_size"] == WORLD and r["strategy"] == "DDPStrategy" for r in reports)
-    assert all(r["auxiliary_losses"] == ["flsa"] for r in reports)  # attached by the callback
+    assert all(r["parts"] == ["flsa"] for r in reports)  # the model's part, a Trainer callback
     return reports
 
 

@@ -85,9 +85,9 @@ def test_score_head_run_for_scalar_targets(tmp_path, synthetic_cache) -> None:
     assert again["test/srcc"] == pytest.approx(result.metrics["test/srcc"], abs=1e-5)
 
 
-def test_callback_preset_on_vanilla_trains_into_its_own_run_folder(tmp_path, synthetic_cache):
+def test_a_part_on_vanilla_trains_into_its_own_run_folder(tmp_path, synthetic_cache):
     overrides = tiny_run_overrides(synthetic_cache, tmp_path) + [
-        "callbacks=tfa",
+        "parts=tfa",
         "trainer.max_epochs=1",
     ]
     result = train(load_config(overrides))

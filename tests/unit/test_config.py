@@ -10,7 +10,7 @@ from elta_lightning.config import ConfigError, load_config
 def test_defaults_compose_the_builtin_dataset_and_elta() -> None:
     cfg = load_config([])
     assert cfg.data.name == "synthetic"
-    assert cfg.method.name == "elta" and cfg.method.tfa.enabled and cfg.method.flsa.weight > 0
+    assert cfg.method.name == "elta" and list(cfg.method.parts) == ["tfa", "flsa"]
     assert cfg.model.backbone == "resnet10t"  # from datamodules/synthetic.yaml
     assert cfg.optim.name == "adam"
 
@@ -69,33 +69,42 @@ def test_rrt_stage_needs_a_checkpoint() -> None:
         load_config(["stage=rrt"])
 
 
-def test_callback_presets_add_parts_to_any_method_and_name_the_run() -> None:
-    cfg = load_config(["method=vanilla", "callbacks=tfa,flsa", "method.flsa.weight=0.5"])
+def test_parts_on_the_command_line_append_to_the_method_and_name_the_run() -> None:
+    cfg = load_config(["method=vanilla", "parts=tfa,flsa", "method.flsa.weight=0.5"])
     assert cfg.method.name == "vanilla+tfa+flsa"
-    assert cfg.method.module == "iaa" and cfg.method.tfa.enabled
-    assert cfg.method.flsa.weight == 0.5  # dotted overrides still win over presets
+    assert list(cfg.method.parts) == ["tfa", "flsa"]
+    assert cfg.method.flsa.weight == 0.5  # dotted overrides still apply
+    lds = load_config(["method=lds", "parts=tfa"])
+    assert list(lds.method.parts) == ["lds", "tfa"] and lds.method.name == "lds+tfa"
 
 
-def test_unknown_callback_preset_lists_the_presets() -> None:
-    with pytest.raises(ConfigError, match="unknown callback preset 'tfx'.*Did you mean 'tfa'"):
-        load_config(["callbacks=tfx"])
+def test_unknown_part_lists_the_parts() -> None:
+    with pytest.raises(ConfigError, match="unknown part 'tfx'.*Did you mean 'tfa'"):
+        load_config(["parts=tfx"])
 
 
-def test_experiment_files_can_list_presets(tmp_path, monkeypatch) -> None:
-    """An experiment's `callbacks:` presets come before its own keys; a bad key in a preset
-    names the file."""
+def test_every_part_node_is_validated_listed_or_not() -> None:
+    with pytest.raises(ConfigError, match="method.lds.size must be an odd number"):
+        load_config(["method=vanilla", "method.lds.size=4"])
+    with pytest.raises(ConfigError, match=r"method\.fds\.start_smooth must be > start_update"):
+        load_config(["method=fds", "method.fds.start_smooth=0"])
+    with pytest.raises(ConfigError, match="method.conr.omega must be > 0"):
+        load_config(["method.conr.omega=0"])
+
+
+def test_experiment_files_list_parts_and_tune_them(tmp_path, monkeypatch) -> None:
+    """A recipe is a YAML over parts; a bad key in it names the file."""
     import shutil
 
-    for folder in ("datamodules", "callbacks"):
-        shutil.copytree(Path(__file__).resolve().parents[2] / folder, tmp_path / folder)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "datamodules", tmp_path / "datamodules")
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "mixup.yaml").write_text(
-        "callbacks: [tfa]\nmethod:\n  name: mixup\n  tfa:\n    tau1: 0.2\n"
+        "method:\n  name: mixup\n  parts: [tfa]\n  tfa:\n    tau1: 0.2\n"
     )
     monkeypatch.setenv("ELTA_CONFIG_ROOT", str(tmp_path))
     cfg = load_config(["method=mixup"])
-    assert cfg.method.name == "mixup"  # listed by the experiment: its name already says so
-    assert cfg.method.tfa.enabled and cfg.method.tfa.tau1 == 0.2  # the experiment tunes it
-    (tmp_path / "callbacks" / "broken.yaml").write_text("method:\n  tfa:\n    tau3: 1\n")
+    assert cfg.method.name == "mixup" and list(cfg.method.parts) == ["tfa"]
+    assert cfg.method.tfa.tau1 == 0.2  # the experiment tunes it
+    (tmp_path / "experiments" / "broken.yaml").write_text("method:\n  tfa:\n    tau3: 1\n")
     with pytest.raises(ConfigError, match=r"broken.yaml.*tau3"):
-        load_config(["method=mixup", "callbacks=broken"])
+        load_config(["method=broken"])

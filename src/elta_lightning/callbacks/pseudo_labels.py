@@ -6,10 +6,11 @@ Use :class:`PseudoLabelSelector` as a callback of ``trainer.predict`` on a loade
 carry ``image``, ``index`` (the image's row in the predicted set) and optionally ``readable``
 (False for images that could not be decoded: they are predicted as a blank placeholder and left
 out of the selection). The module must have the distribution head (its ``predict_step`` returns
-``logits``). Under DDP each process predicts its own shard; the logits are gathered (torchmetrics
-``cat`` states, uneven shards allowed), so :attr:`PseudoLabelSelector.selection` is the same on
-every process. No ground truth is used: the selection is :func:`select_pseudo_labels` with the
-given ``beta`` and ``threshold``; scores are on the COMMON 0..10 scale.
+``logits``). Under DDP each process predicts its own shard; the logits are gathered
+(:class:`~elta_lightning.metrics.IndexedCollector`: uneven or empty shards allowed, a repeated
+image is an error), so :attr:`PseudoLabelSelector.selection` is the same on every process. No
+ground truth is used: the selection is :func:`select_pseudo_labels` with the given ``beta`` and
+``threshold``; scores are on the COMMON 0..10 scale.
 """
 
 from __future__ import annotations
@@ -20,45 +21,22 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
-from elta_lightning.callbacks.plugin import require_iaa_module
 from elta_lightning.elta import select_pseudo_labels
 from elta_lightning.errors import EltaError
+from elta_lightning.metrics import IndexedCollector
+from elta_lightning.models.module import IAAModule
 
 
 class PseudoLabelError(EltaError, ValueError):
     """APDS cannot run: no distribution head, or nothing to select from."""
 
 
-class LogitCollector(Metric):
-    """Collects (set index, logits, readable flag) of every predicted image, across processes."""
-
-    full_state_update: bool = False
-
-    index: list[Tensor]
-    logits: list[Tensor]
-    readable: list[Tensor]
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("index", default=[], dist_reduce_fx="cat")
-        self.add_state("logits", default=[], dist_reduce_fx="cat")
-        self.add_state("readable", default=[], dist_reduce_fx="cat")
-
-    def update(self, index: Tensor, logits: Tensor, readable: Tensor) -> None:
-        """A batch: set indices (B,), logits (B, K), decodable flags (B,)."""
-        self.index.append(index.long())
-        self.logits.append(logits.detach().float())
-        self.readable.append(readable.to(torch.uint8))  # uint8: gathers on every backend
-
-    def compute(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(index, logits, readable) of all images, sorted by index."""
-        index = dim_zero_cat(self.index).long()
-        order = torch.argsort(index, stable=True)
-        readable = dim_zero_cat(self.readable).bool()
-        return index[order], dim_zero_cat(self.logits)[order], readable[order]
+def require_iaa_module(module: pl.LightningModule) -> IAAModule:
+    """``module`` itself if it is an IAAModule (APDS needs its scale and head), else TypeError."""
+    if not isinstance(module, IAAModule):
+        raise TypeError(f"APDS needs an IAAModule (or a subclass), got {type(module).__name__}")
+    return module
 
 
 @dataclass(frozen=True)
@@ -135,7 +113,7 @@ class PseudoLabelSelector(pl.Callback):
     def __init__(self, beta: float, threshold: float) -> None:
         self.beta = beta
         self.threshold = threshold
-        self.collector = LogitCollector()
+        self.collector = _logit_collector()
         self.selection: PseudoLabelSelection | None = None
 
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -145,7 +123,7 @@ class PseudoLabelSelector(pl.Callback):
                 "APDS pseudo-labels need the distribution head (model.head=distribution, on data "
                 f"with vote distributions); this model has the {module.head_kind} head"
             )
-        self.collector = LogitCollector().to(module.device)
+        self.collector = _logit_collector().to(module.device)
         self.selection = None
 
     def on_predict_batch_end(
@@ -160,13 +138,18 @@ class PseudoLabelSelector(pl.Callback):
         readable = batch.get("readable")
         if readable is None:
             readable = torch.ones_like(outputs["index"], dtype=torch.bool)
-        self.collector.update(outputs["index"], outputs["logits"], readable)
+        self.collector.update(outputs["index"], logits=outputs["logits"], readable=readable)
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         module = require_iaa_module(pl_module)
-        index, logits, readable = self.collector.compute()
+        table = self.collector.compute()
         levels = module.scale.levels_tensor() * module.scale.to_common
         self.selection = PseudoLabelSelection.compute(
-            index, logits, readable, levels, self.beta, self.threshold
+            table["index"], table["logits"], table["readable"], levels, self.beta, self.threshold
         )
         self.collector.reset()
+
+
+def _logit_collector() -> IndexedCollector:
+    """(set index, logits (B, K), decodable flag) of every predicted image, on all processes."""
+    return IndexedCollector(["logits", "readable"])

@@ -16,11 +16,20 @@ from torchvision.transforms import v2
 from elta_lightning.config import DataConfig, TransformConfig
 from elta_lightning.datamodules.images import ImageDecodeError, load_rgb
 from elta_lightning.datamodules.labels import LabelFileError, LabelTable
+from elta_lightning.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 from elta_lightning.scales import ScoreScale
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+
+
+def normalisation(cfg: TransformConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the input normalisation: the config's, or ImageNet's where unset
+    (``load_config`` fills them in from the backbone's pretrained config)."""
+    mean = IMAGENET_MEAN if cfg.mean is None else tuple(cfg.mean)
+    std = IMAGENET_STD if cfg.std is None else tuple(cfg.std)
+    return mean, std
 
 
 def build_transform(cfg: TransformConfig, train: bool) -> v2.Compose:
@@ -33,7 +42,8 @@ def build_transform(cfg: TransformConfig, train: bool) -> v2.Compose:
             steps += [v2.RandomHorizontalFlip()]
     else:
         steps += [v2.Resize((cfg.eval_resize, cfg.eval_resize), antialias=True)]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+    mean, std = normalisation(cfg)
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
 
 
@@ -42,9 +52,11 @@ class IAADataset(Dataset):
 
     Keys: ``image`` (3, H, W) float, ``score`` native mean score, ``dist`` (K,) vote shares when
     the data has them, ``weight`` per-sample loss weight (1 unless a method sets weights),
-    ``index`` the row in this split (for exact evaluation and pseudo-label bookkeeping).
-    ``row_dirs``: the image folder of each row, for rows from several folders (extra training
-    rows); by default every id is relative to ``image_dir``.
+    ``index`` the row in this split (for exact evaluation and pseudo-label bookkeeping), and,
+    with ``views > 0``, ``views`` (V, 3, H, W): V more independent draws of ``transform`` of the
+    same decoded image (two-view methods such as ConR). ``row_dirs``: the image folder of each
+    row, for rows from several folders (extra training rows); by default every id is relative
+    to ``image_dir``.
     """
 
     def __init__(
@@ -54,6 +66,7 @@ class IAADataset(Dataset):
         transform: v2.Compose,
         draft_size: int | None = None,
         row_dirs: list[Path] | None = None,
+        views: int = 0,
     ) -> None:
         if row_dirs is not None and len(row_dirs) != len(table):
             raise ValueError(f"row_dirs must have {len(table)} entries, got {len(row_dirs)}")
@@ -62,6 +75,7 @@ class IAADataset(Dataset):
         self.row_dirs = row_dirs
         self.transform = transform
         self.draft_size = draft_size
+        self.views = views
         self.scores = torch.as_tensor(table.scores, dtype=torch.float32)
         self.dists = (
             None
@@ -88,6 +102,8 @@ class IAADataset(Dataset):
         }
         if self.dists is not None:
             item["dist"] = self.dists[index]
+        if self.views:
+            item["views"] = torch.stack([self.transform(image) for _ in range(self.views)])
         return item
 
 
@@ -172,6 +188,9 @@ class IAADataModule(pl.LightningDataModule):
         self.skipped: dict[str, int] = {}
         self.split_warnings: list[str] = []
         self.extra_train: list[tuple[LabelTable, Path]] = []
+        #: extra augmented views of each training image (set before setup by parts that need
+        #: them, e.g. ConR: 2)
+        self.train_views = 0
 
     @property
     @abstractmethod
@@ -209,7 +228,9 @@ class IAADataModule(pl.LightningDataModule):
             row_dirs = [self.image_dir] * len(tables["train"])
             row_dirs += [folder for table, folder in self.extra_train for _ in range(len(table))]
         transform = build_transform(self.cfg.transforms, train=True)
-        self.datasets["train"] = IAADataset(train, self.image_dir, transform, draft, row_dirs)
+        self.datasets["train"] = IAADataset(
+            train, self.image_dir, transform, draft, row_dirs, views=self.train_views
+        )
 
     def add_training_rows(self, table: LabelTable, image_dir: Path) -> None:
         """Extra labelled rows for the train loader only, e.g. the pseudo-labels of a

@@ -1,19 +1,27 @@
 """Images without labels (a folder, a file list): what `elta predict` scores and what
 `elta self-train` pseudo-labels. Every file is predicted once; an undecodable one becomes a
 blank placeholder flagged ``readable=False``, so all of them can be named (or counted and left
-out) after one pass, instead of the first one stopping a long prediction."""
+out) after one pass, instead of the first one stopping a long prediction.
+
+:func:`predict_unlabeled` runs ``trainer.predict`` (``IAAModule.predict_step``) over such images
+for both commands; the trainer's callbacks collect the outputs."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import lightning.pytorch as pl
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from elta_lightning.datamodules.base import build_transform
 from elta_lightning.datamodules.images import ImageDecodeError, load_rgb
+
+if TYPE_CHECKING:
+    from elta_lightning.models.module import IAAModule
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -45,6 +53,51 @@ class UnlabeledImages(Dataset):
         except ImageDecodeError:
             image, readable = Image.new("RGB", (self.size, self.size)), False
         return {"image": self.transform(image), "index": index, "readable": readable}
+
+
+class UnlabeledDataModule(pl.LightningDataModule):
+    """The predict loader: every image exactly once over all processes, in order (without
+    padding: ``UnrepeatedDistributedSampler`` under DDP)."""
+
+    def __init__(self, dataset: UnlabeledImages, batch_size: int, num_workers: int = 0) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def predict_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                self.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank
+            )
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+        )
+
+
+def predict_unlabeled(
+    trainer: pl.Trainer,
+    module: IAAModule,
+    root: Path,
+    files: list[str],
+    batch_size: int,
+    num_workers: int = 0,
+) -> None:
+    """``trainer.predict`` of ``module`` over the images ``root / files`` (the module's own eval
+    transform; every image once over all processes). Nothing is returned
+    (``return_predictions=False``): the trainer's callbacks collect what ``predict_step`` gives
+    (``index``, ``score``, and ``dist`` / ``logits`` for the distribution head) together with
+    the batches' ``readable`` flags. The trainer should not replace our sampler
+    (``use_distributed_sampler=False``)."""
+    dataset = UnlabeledImages(root, files, module.cfg.data.transforms)
+    data = UnlabeledDataModule(dataset, batch_size, num_workers)
+    trainer.predict(module, datamodule=data, return_predictions=False)
 
 
 def unreadable_report(root: Path, files: list[str], rows: Iterable[int], limit: int = 5) -> str:

@@ -9,11 +9,27 @@ import timm
 import torch
 from torch import nn
 
-from elta_lightning.config import ConfigError
-from elta_lightning.errors import EltaError
+from elta_lightning.errors import ConfigError, EltaError
 
 NO_WEIGHTS = {"", "none", "false", "no"}
 HUB_WEIGHTS = {"hub", "true", "yes"}
+
+
+#: Normalisation where timm knows none for a backbone (e.g. ``hf-hub:`` names): ImageNet's.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def backbone_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the images a timm backbone was pretrained on (its pretrained config):
+    ImageNet's for most, CLIP's for CLIP towers; ImageNet's where timm has no config."""
+    try:
+        pretrained = timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError):
+        pretrained = None
+    if pretrained is None or pretrained.mean is None or pretrained.std is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(v) for v in pretrained.mean), tuple(float(v) for v in pretrained.std)
 
 
 class WeightsUnavailableError(EltaError, RuntimeError):

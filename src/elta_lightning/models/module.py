@@ -1,41 +1,25 @@
-"""IAAModule: timm backbone + distribution or score head, trained with EMD or MSE, with plug-in
-points for long-tail methods (feature transforms, auxiliary losses)."""
+"""IAAModule: timm backbone + distribution or score head, trained with EMD or MSE; long-tail
+methods are the parts of ``method.parts`` (see :mod:`elta_lightning.parts`), which the module
+builds from its config and returns from ``configure_callbacks()``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from elta_lightning.config import ConfigError
-from elta_lightning.losses import emd_loss, mse_loss
-from elta_lightning.metrics import IAAMetrics, PredictionCollector, best_so_far
+from elta_lightning.errors import ConfigError
+from elta_lightning.label_stats import LabelStats
+from elta_lightning.losses import emd_per_sample, mean_score, weighted_mean
+from elta_lightning.metrics import IAAMetrics, IndexedCollector, best_so_far
 from elta_lightning.models.backbone import Backbone
 from elta_lightning.models.heads import DistributionHead, ScoreHead
+from elta_lightning.parts import Part, PartContext, TrainStep, build_parts
 from elta_lightning.scales import ScoreScale
-
-
-@dataclass(frozen=True)
-class TrainBatch:
-    """What flows from the backbone to the head in a training step.
-
-    ``targets`` are vote distributions (B, K) for the distribution head, or scores normalised to
-    [0, 1] for the score head; ``scores`` are the mean scores on the common 0..10 scale (the one
-    scale every long-tail part reasons on); ``weights`` are per-sample loss weights.
-    """
-
-    features: torch.Tensor
-    targets: torch.Tensor
-    scores: torch.Tensor
-    weights: torch.Tensor
-
-
-FeatureTransform = Callable[["IAAModule", TrainBatch], TrainBatch]
-AuxiliaryLoss = Callable[["IAAModule", TrainBatch, torch.Tensor], torch.Tensor]
 
 
 def resolve_head(head: str, scale: ScoreScale) -> str:
@@ -51,21 +35,25 @@ def resolve_head(head: str, scale: ScoreScale) -> str:
 
 
 class IAAModule(pl.LightningModule):
-    """The vanilla IAA model; long-tail methods attach through :attr:`feature_transforms`
-    (applied to pooled features in training steps, e.g. TFA) and :attr:`auxiliary_losses`
-    (added to the task loss, e.g. FLSA). Each auxiliary loss is logged as ``train/<name>``."""
+    """The IAA model: backbone, head, task loss, and the long-tail parts of ``method.parts``.
+
+    ``label_stats`` (:meth:`LabelStats.hparams`) are the training labels' statistics that parts
+    and the tail metrics use; they are hyper-parameters, so a checkpoint reloads with them and
+    with every part's state (``part_states.<name>`` in the state_dict).
+    """
 
     def __init__(
         self,
         config: dict[str, Any],
         scale: dict[str, Any],
-        region_cuts: tuple[float, float],
+        label_stats: dict[str, Any],
         load_pretrained: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.cfg: DictConfig = OmegaConf.create(config)
         self.scale = ScoreScale(**{**scale, "levels": _as_tuple(scale.get("levels"))})
+        self.label_stats = LabelStats.from_hparams(label_stats)
         model_cfg = self.cfg.model
         self.head_kind = resolve_head(model_cfg.head, self.scale)
         pretrained = model_cfg.pretrained if load_pretrained else "none"
@@ -78,33 +66,66 @@ class IAAModule(pl.LightningModule):
         else:
             self.head = ScoreHead(self.backbone.feature_dim, model_cfg.score_dropout)
         with_dist = self.head_kind == "distribution"
-        self.val_metrics = IAAMetrics(self.scale, tuple(region_cuts), with_dist)
-        self.test_metrics = IAAMetrics(self.scale, tuple(region_cuts), with_dist)
+        cuts, shots = self.label_stats.cuts, self.label_stats.shot_bins()
+        self.val_metrics = IAAMetrics(self.scale, cuts, with_dist, shots=shots)
+        self.test_metrics = IAAMetrics(self.scale, cuts, with_dist, shots=shots)
         self.val_srcc_best = best_so_far("srcc")
-        self.test_predictions = PredictionCollector()
-        self.feature_transforms: dict[str, FeatureTransform] = {}
-        self.auxiliary_losses: dict[str, AuxiliaryLoss] = {}
+        self.test_predictions = IndexedCollector(["pred", "target"])
+        context = PartContext(
+            seed=int(self.cfg.seed),
+            stats=self.label_stats,
+            scale=self.scale,
+            head_kind=self.head_kind,
+            feature_dim=self.backbone.feature_dim,
+        )
+        self.parts: list[Part] = build_parts(self.cfg.method, context)
+        self.part_states = nn.ModuleDict(
+            {part.name: part.state for part in self.parts if part.state is not None}
+        )
+        # DDP broadcasts rank 0's buffers before every forward; per-process sums must stay local
+        self._ddp_params_and_buffers_to_ignore = [
+            f"part_states.{part.name}.{buffer}"
+            for part in self.parts
+            for buffer in part.rank_local_buffers
+        ]
         self.backbone_frozen = False
         self.test_results: dict[str, float] = {}
         self.test_prediction_table: dict[str, torch.Tensor] = {}
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The long-tail parts: Lightning runs their epoch hooks in every fit of this module."""
+        return list(self.parts)
+
     # ----- score conversions -------------------------------------------------------------
     def to_unit(self, score: torch.Tensor) -> torch.Tensor:
-        """Native score -> [0, 1] over the data set's range (the score head's target)."""
+        """Native score -> the score head's target on [0, 1] (``model.score_target``)."""
+        if self.cfg.model.score_target == "over10":
+            return score * self.scale.to_common / 10.0
         return (score - self.scale.minimum) / (self.scale.maximum - self.scale.minimum)
 
     def from_unit(self, unit: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_unit`."""
+        if self.cfg.model.score_target == "over10":
+            return unit * 10.0 / self.scale.to_common
         return self.scale.minimum + unit * (self.scale.maximum - self.scale.minimum)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Head output of images: logits (B, K) or scores on [0, 1] (B,)."""
+        return self.head(self.backbone(images))
 
     def predict_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Native mean scores (B,) and, for the distribution head, probabilities (B, K)."""
-        return self.scores_from_output(self.head(self.backbone(images)))
+        return self.scores_from_output(self(images))
 
     def scores_from_output(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.head_kind == "distribution":
             probs = output.softmax(dim=-1)
-            return probs @ self.levels, probs
+            return mean_score(probs, self.levels), probs
         return self.from_unit(output), None
+
+    def common_scores(self, output: torch.Tensor) -> torch.Tensor:
+        """Predicted mean scores on the common 0..10 scale (B,), differentiable."""
+        return self.scores_from_output(output)[0] * self.scale.to_common
 
     # ----- training ------------------------------------------------------------------------
     def freeze_backbone(self) -> None:
@@ -120,30 +141,61 @@ class IAAModule(pl.LightningModule):
             self.backbone.eval()
         return self
 
-    def task_loss(self, output: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+    def task_loss_per_sample(self, output: torch.Tensor, step: TrainStep) -> torch.Tensor:
+        """The task loss of each sample (B,): EMD (r=2) of the distribution head, squared error
+        of the score head on its [0, 1] target."""
         if self.head_kind == "distribution":
-            return emd_loss(output.softmax(dim=-1), batch.targets, r=2, weight=batch.weights)
-        return mse_loss(output, batch.targets, weight=batch.weights)
+            return emd_per_sample(output.softmax(dim=-1), step.targets, r=2)
+        return (output - step.targets).square()
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        step = TrainBatch(
-            features=self.backbone(batch["image"]),
-            targets=batch["dist"]
-            if self.head_kind == "distribution"
-            else self.to_unit(batch["score"]),
+    def task_loss(self, output: torch.Tensor, step: TrainStep) -> torch.Tensor:
+        """The weighted mean of :meth:`task_loss_per_sample` over the batch."""
+        return weighted_mean(self.task_loss_per_sample(output, step), step.weights)
+
+    def train_step_of(self, batch: dict[str, torch.Tensor]) -> TrainStep:
+        """A training batch as the step that parts transform (targets on the head's terms)."""
+        targets = (
+            batch["dist"] if self.head_kind == "distribution" else self.to_unit(batch["score"])
+        )
+        return TrainStep(
+            images=batch["image"],
+            features=None,
+            targets=targets,
             scores=batch["score"] * self.scale.to_common,
             weights=batch["weight"],
+            views=batch.get("views"),
         )
-        for transform in self.feature_transforms.values():
-            step = transform(self, step)
+
+    def step_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The losses of one training batch: ``loss`` (the total to minimise) and one entry per
+        part that adds an auxiliary loss. The data flow is :mod:`elta_lightning.parts.base`'s."""
+        step = self.train_step_of(batch)
+        for part in self.parts:
+            factors = part.sample_weights(self, step)
+            if factors is not None:
+                step = step.with_(weights=step.weights * factors.to(step.weights.dtype))
+        for part in self.parts:
+            step = part.transform_inputs(self, step)
+        step = step.with_(features=self.backbone(step.images))
+        for part in self.parts:
+            step = part.transform_features(self, step)
         output = self.head(step.features)
-        loss = self.task_loss(output, step)
-        losses = {
-            name: auxiliary(self, step, output) for name, auxiliary in self.auxiliary_losses.items()
-        }
-        loss = loss + sum(losses.values())
-        self._log_losses({"loss": loss, **losses}, batch["image"].shape[0])
-        return loss
+        replacing = [part for part in self.parts if part.replaces_task_loss]
+        if replacing:
+            loss = replacing[0].task_loss(self, step, output)
+        else:
+            loss = self.task_loss(output, step)
+        losses = {}
+        for part in self.parts:
+            auxiliary = part.auxiliary_loss(self, step, output)
+            if auxiliary is not None:
+                losses[part.name] = auxiliary
+        return {"loss": loss + sum(losses.values()), **losses}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses = self.step_losses(batch)
+        self._log_losses(losses, batch["image"].shape[0])
+        return losses["loss"]
 
     def _log_losses(self, losses: dict[str, torch.Tensor], size: int) -> None:
         """``train/<name>`` every step and ``train/<name>_epoch`` as the epoch's mean."""
@@ -173,7 +225,7 @@ class IAAModule(pl.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         scores = self._evaluate(batch, self.test_metrics)
-        self.test_predictions.update(batch["index"], scores, batch["score"])
+        self.test_predictions.update(batch["index"], pred=scores, target=batch["score"])
 
     def on_test_epoch_start(self) -> None:
         self.test_metrics.reset()
@@ -189,7 +241,7 @@ class IAAModule(pl.LightningModule):
     def predict_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
-        output = self.head(self.backbone(batch["image"]))
+        output = self(batch["image"])
         scores, probs = self.scores_from_output(output)
         out = {"index": batch["index"], "score": scores}
         if probs is not None:
@@ -200,7 +252,10 @@ class IAAModule(pl.LightningModule):
     # ----- optimisation --------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         optim = self.cfg.optim
-        params = [p for p in self.parameters() if p.requires_grad]
+        part_groups = [group for part in self.parts for group in part.param_groups()]
+        own = {id(p) for group in part_groups for p in group["params"]}
+        main = [p for p in self.parameters() if p.requires_grad and id(p) not in own]
+        params = [{"params": main}, *part_groups]
         if optim.name == "sgd":
             optimizer = torch.optim.SGD(
                 params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay

@@ -1,98 +1,87 @@
-"""TFA (tail-oriented feature augmentation) as a plug-in: a Lightning callback for any IAAModule.
+"""TFA (ELTA's tail-oriented feature augmentation) as a part: ``method.parts=[tfa]``.
 
-The callback registers itself as the feature transform ``tfa`` of the module it is fitted with;
-in each training step it appends ``m`` mixed samples to the pooled features, targets, scores and
-loss weights (``B -> B + m``), so the head, the task loss and every auxiliary loss (FLSA, ...)
-see the augmented batch. The maths is :func:`elta_lightning.elta.tfa_mix`; this file only wires
-it in. Temperatures act on the COMMON 0..10 score scale (``TrainBatch.scores``) for every data
-set and head.
+In each training step it appends ``m`` mixed samples to the pooled features, targets, scores and
+loss weights (``B -> B + m``), so the head, the task loss and every later part (FLSA, ...) see
+the augmented batch. The maths is :func:`elta_lightning.elta.tfa_mix`; this file only wires it
+in. Temperatures act on the COMMON 0..10 score scale for every data set and head.
 
-Randomness: a ``torch.Generator`` on the features' device, seeded from ``seed`` and the
-process's global rank (``seed * 2**16 + rank``), created on the first step of each fit: the same
-seed gives the same mixed pairs, and DDP processes draw different pairs. Sampling runs on the
-device (``torch.multinomial``), without host synchronisation.
+Randomness: the part's ``torch.Generator`` on the features' device (:meth:`Part.generator`),
+seeded from the run's seed and the process's global rank, afresh at the start of each fit: the
+same seed gives the same mixed pairs, and DDP processes draw different pairs. Sampling runs on
+the device (``torch.multinomial``), without host synchronisation.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from elta_lightning.callbacks.plugin import PlugIn
 from elta_lightning.elta import resolve_num_mixed, tfa_mix
-from elta_lightning.models.module import IAAModule, TrainBatch
+from elta_lightning.errors import require
+from elta_lightning.parts.base import Part, PartContext, TrainStep
+from elta_lightning.parts.registry import register_part
 
-#: Generator seed = seed * RANK_STRIDE + global rank: distinct streams per process.
-RANK_STRIDE = 2**16
+if TYPE_CHECKING:
+    from elta_lightning.models.module import IAAModule
 
 
-class FeatureMixup(PlugIn):
-    """TFA on the pooled features of any IAAModule (any timm backbone, either head).
+@dataclass
+class TFAConfig:
+    """Tail-oriented feature augmentation (feature-space mixup). Temperatures act on scores on the
+    common 0..10 scale (ELTA-CSV scale: AVA/TAD66K as is, AADB x10, PARA x2) for every dataset
+    and head. Authors' grid: tau1 in {0.05, 0.1, 0.2, 0.3, 0.4, 0.5}, tau2 in {2, ..., 7, 10}."""
 
-    ``num_mixed`` mixed samples per batch, or ``mixed_ratio`` of the batch
-    (``m = max(1, round(ratio * B))``, ELTA 2.0 uses 0.25) when given. Use as a Trainer callback,
-    or :meth:`attach` it to a module directly (what :class:`ELTAModule` does).
-    """
+    tau1: float = 0.5
+    tau2: float = 2.0
+    num_mixed: int = 1  # mixed samples appended per batch (authors: 1)
+    mixed_ratio: float | None = None  # when set: m = max(1, round(ratio * B)), num_mixed ignored
+
+    def __post_init__(self) -> None:
+        require(self.tau1 > 0, "method.tfa.tau1", "> 0", self.tau1)
+        require(self.tau2 > 0, "method.tfa.tau2", "> 0", self.tau2)
+        require(self.num_mixed >= 1, "method.tfa.num_mixed", ">= 1", self.num_mixed)
+        ratio = self.mixed_ratio
+        require(
+            ratio is None or 0 < ratio <= 1, "method.tfa.mixed_ratio", "null or in (0, 1]", ratio
+        )
+
+
+@register_part
+class FeatureMixup(Part):
+    """TFA on the pooled features of any backbone, either head: ``num_mixed`` mixed samples per
+    batch, or ``mixed_ratio`` of the batch (``m = max(1, round(ratio * B))``, ELTA 2.0: 0.25)."""
 
     name = "tfa"
+    config_class = TFAConfig
 
-    def __init__(
-        self,
-        tau1: float = 0.5,
-        tau2: float = 2.0,
-        num_mixed: int = 1,
-        mixed_ratio: float | None = None,
-        seed: int = 0,
-    ) -> None:
-        if not (tau1 > 0 and tau2 > 0):
-            raise ValueError(f"TFA temperatures must be > 0, got tau1={tau1!r}, tau2={tau2!r}")
-        count = None if mixed_ratio is not None else num_mixed
-        resolve_num_mixed(2, count, mixed_ratio)  # reject bad values now, not at the first step
-        self.tau1 = tau1
-        self.tau2 = tau2
-        self.count = count
-        self.ratio = mixed_ratio
-        self.seed = seed
-        self.generator: torch.Generator | None = None
+    def __init__(self, config: TFAConfig, context: PartContext) -> None:
+        super().__init__(config, context)
+        self.count = None if config.mixed_ratio is not None else config.num_mixed
 
-    @classmethod
-    def from_config(cls, tfa: Any, seed: int) -> FeatureMixup:
-        """From ``cfg.method.tfa`` (a TFAConfig node) and the run's seed."""
-        return cls(tfa.tau1, tfa.tau2, tfa.num_mixed, tfa.mixed_ratio, seed)
-
-    # ----- wiring ------------------------------------------------------------------------------
-    def attach(self, module: IAAModule) -> None:
-        """Register as the module's ``tfa`` feature transform (fresh random stream)."""
-        module.feature_transforms[self.name] = self
-        self.generator = None
-
-    def detach(self, module: IAAModule) -> None:
-        module.feature_transforms.pop(self.name, None)
-
-    # ----- the transform -----------------------------------------------------------------------
-    def _generator(self, device: torch.device, rank: int) -> torch.Generator:
-        if self.generator is None or self.generator.device != device:
-            self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(self.seed * RANK_STRIDE + rank)
-        return self.generator
-
-    def __call__(self, module: IAAModule, batch: TrainBatch) -> TrainBatch:
-        """The batch with ``m`` TFA-mixed samples appended (weights mixed like the labels).
+    def transform_features(self, module: IAAModule, step: TrainStep) -> TrainStep:
+        """The step with ``m`` TFA-mixed samples appended (weights mixed like the labels).
 
         Raises ``ValueError`` for a batch of fewer than 2 samples (no partner j != i exists).
         """
-        features = batch.features
-        num_mixed = resolve_num_mixed(features.shape[0], self.count, self.ratio)
-        generator = self._generator(features.device, module.global_rank)
+        features = step.features
+        num_mixed = resolve_num_mixed(features.shape[0], self.count, self.config.mixed_ratio)
+        generator = self.generator(features.device, module.global_rank)
         mixed = tfa_mix(
-            features, batch.targets, batch.scores, num_mixed, self.tau1, self.tau2, generator
+            features,
+            step.targets,
+            step.scores,
+            num_mixed,
+            self.config.tau1,
+            self.config.tau2,
+            generator,
         )
-        lam = mixed.lam.to(batch.weights.dtype)
-        weights = lam * batch.weights[mixed.first] + (1 - lam) * batch.weights[mixed.partner]
-        return TrainBatch(
+        lam = mixed.lam.to(step.weights.dtype)
+        weights = lam * step.weights[mixed.first] + (1 - lam) * step.weights[mixed.partner]
+        return step.with_(
             features=mixed.features,
             targets=mixed.targets,
             scores=mixed.scores,
-            weights=torch.cat([batch.weights, weights]),
+            weights=torch.cat([step.weights, weights]),
         )
