@@ -14,11 +14,15 @@ DATA_ROOT ?=
 ARGS ?=
 TEST_ENV := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 
-RUN_ARGS := dataset=$(DATASET) method=$(METHOD) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
+DATA_ARGS := dataset=$(DATASET) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
 	$(if $(GPUS),trainer.accelerator=gpu trainer.devices=$(GPUS)) \
 	$(if $(filter-out 1,$(NODES)),trainer.num_nodes=$(NODES)) $(ARGS)
+RUN_ARGS := method=$(METHOD) $(DATA_ARGS)
 
-.PHONY: install train selftrain compare-demo test lint bench
+METHODS ?= vanilla elta
+SEEDS ?= 3
+COUNT ?=
+.PHONY: install train selftrain compare sweep test lint bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -34,8 +38,11 @@ train: install
 selftrain: install
 	$(BIN)/elta self-train $(RUN_ARGS)
 
-compare-demo: install
-	$(BIN)/elta compare-demo $(ARGS)
+compare: install
+	$(BIN)/elta compare-train $(DATA_ARGS) --methods "$(METHODS)" --seeds $(SEEDS)
+
+sweep: install
+	$(BIN)/elta sweep experiments/sweeps/$(METHOD).yaml $(DATA_ARGS) $(if $(COUNT),--count $(COUNT))
 
 test: install
 	$(TEST_ENV) $(BIN)/pytest -q

@@ -42,7 +42,10 @@ def _payloads(data: bytes):
 
 
 def read_run(path: Path) -> dict:
-    """The run record, history rows, summary and config keys of an offline run file."""
+    """The run record, history rows, summary and config of an offline run file.
+
+    A value logged as a dict (a table, a histogram, ``_wandb.visualize``) comes back nested, as
+    W&B stores it: ``summary["test/predictions"]["path"]``."""
     run, history, summary, config = None, [], {}, {}
     for payload in _payloads(path.read_bytes()):
         record = wandb_internal_pb2.Record()
@@ -51,13 +54,29 @@ def read_run(path: Path) -> dict:
         if kind == "run":
             run = record.run
         elif kind == "history":
-            history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
+            row: dict = {}
+            for item in record.history.item:
+                _put(row, item)
+            history.append(row)
         elif kind == "summary":
-            summary.update({_key(i): json.loads(i.value_json) for i in record.summary.update})
+            for item in record.summary.update:
+                _put(summary, item)
         elif kind == "config":
-            config.update({_key(i): json.loads(i.value_json) for i in record.config.update})
+            for item in record.config.update:
+                _put(config, item)
     return {"run": run, "history": history, "summary": summary, "config": config}
 
 
-def _key(item) -> str:
-    return item.key or "/".join(item.nested_key)
+def read_table(path: Path, value: dict) -> dict:
+    """The ``{"columns", "data"}`` of a logged table: ``value`` is what the history or summary
+    holds for it (a ``table-file`` reference), ``path`` the run file."""
+    if value.get("_type") != "table-file":
+        raise ValueError(f"not a logged table: {value}")
+    return json.loads((path.parent / "files" / value["path"]).read_text())
+
+
+def _put(target: dict, item) -> None:
+    keys = [item.key] if item.key else list(item.nested_key)
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+    target[keys[-1]] = json.loads(item.value_json)

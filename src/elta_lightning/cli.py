@@ -54,6 +54,31 @@ distribution head. Keys: method.apds.{beta,threshold,store,unlabeled,oracle}. Ex
 Exit code 1 when no pseudo-label passes the threshold (round 2 skipped, files still written).
 """
 
+COMPARE_HELP = """\
+Compare finished run folders (no W&B server needed): runs that differ in anything but method and
+seed are refused with the differing keys (or split with --group-by). Writes <out>/report.md (mean
++- std over seeds of every metric; each method minus --reference with a 95 % paired bootstrap
+interval over test images, pooled over seeds), <out>/results.csv and PNG plots. Example:
+  elta compare 'runs/synthetic/*/cmp-*' --reference vanilla --out reports/synthetic
+"""
+
+COMPARE_TRAIN_HELP = """\
+Train every (method, seed) with the same budget (the key=value overrides), skipping pairs whose
+finished run folder already has the same config (an interrupted comparison continues), then
+compare them (`elta compare`). Seeds are 1..N. Example:
+  elta compare-train dataset=synthetic --methods "vanilla lds_fds balanced_mse elta" --seeds 3
+"""
+
+SWEEP_HELP = """\
+Sweep files (experiments/sweeps/<method>.yaml) are W&B sweep configs whose parameters are dotted
+config keys, passed on the command line, so every DDP process parses the same config. Without
+--local: create the sweep on the W&B server and start an agent here. With --local: run the same
+file with Optuna (grid -> grid, random -> random, bayes -> TPE; early_terminate -> a pruner on
+val/srcc per epoch); every trial is a normal run folder. Examples:
+  elta sweep experiments/sweeps/elta.yaml dataset=aadb data.root=/data/AADB --count 20
+  elta sweep experiments/sweeps/elta.yaml --local --trials 3
+"""
+
 PREPARE_HELP = """\
 Check a real data set once before training: every label row (score finite and in range, image
 id unique and inside the image folder) and every image (present, decodable to the end). Writes
@@ -115,11 +140,60 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--resize", type=int, help="also write copies with this short side")
     prepare.add_argument("--workers", type=int, default=os.cpu_count() or 1)
 
-    demo = commands.add_parser(
-        "compare-demo",
-        help="vanilla vs ELTA on the built-in data set, same budget and seed, one table",
+    compare = commands.add_parser(
+        "compare",
+        help="report over run folders: mean +- std over seeds, paired bootstrap CIs, plots",
+        description=COMPARE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. trainer.max_epochs=3")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_GLOB")
+    compare.add_argument("--reference", default="vanilla", help="method every other is paired with")
+    compare.add_argument("--out", help="report folder (default: <common parent>/compare-<time>)")
+    compare.add_argument(
+        "--group-by",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="dotted config key whose values make separate comparisons (repeatable)",
+    )
+    compare.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+    compare_train = commands.add_parser(
+        "compare-train",
+        help="train every (method, seed) with one budget, then `elta compare` them",
+        description=COMPARE_TRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare_train.add_argument("overrides", nargs="*", metavar="key=value")
+    compare_train.add_argument(
+        "--methods", default="vanilla,elta", help="comma- or space-separated methods"
+    )
+    compare_train.add_argument("--seeds", type=int, default=3, help="seeds 1..N per method")
+    compare_train.add_argument("--reference", default="vanilla")
+    compare_train.add_argument("--out", help="report folder (default: under the runs)")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="a W&B sweep (create + agent), or the same sweep file locally with Optuna",
+        description=SWEEP_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("file", help="sweep file, e.g. experiments/sweeps/elta.yaml")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="fixed for every run")
+    sweep.add_argument("--local", action="store_true", help="run with Optuna, no W&B server")
+    sweep.add_argument("--trials", type=int, default=10, help="--local: trials to run")
+    sweep.add_argument("--storage", help="--local: Optuna storage URL (default: SQLite file)")
+    sweep.add_argument("--count", type=int, help="W&B agent: runs to do (default: until done)")
+    sweep.add_argument("--project", help="W&B project (default: logger.project)")
+    sweep.add_argument("--entity", help="W&B entity")
+
+    dashboard = commands.add_parser(
+        "dashboard", help="create a W&B workspace whose panels compare methods"
+    )
+    dashboard.add_argument("--project", required=True)
+    dashboard.add_argument("--entity")
+    dashboard.add_argument("--dataset", help="only runs of this data set (config key dataset)")
     return parser
 
 
@@ -134,65 +208,123 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _train(args: argparse.Namespace) -> None:
+    cfg = load_config(args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return
+    from elta_lightning.run import train
+    from elta_lightning.runs import write_summary
+
+    result = train(cfg)
+    write_summary(f"{cfg.data.name} / {cfg.method.name}", result)
+
+
+def _test(args: argparse.Namespace) -> None:
+    from elta_lightning.run import evaluate_checkpoint
+    from elta_lightning.runs import format_metrics, json_text
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.overrides)
+    if args.out:
+        Path(args.out).write_text(json_text(metrics))
+    print(format_metrics("test", metrics, f"checkpoint: {args.checkpoint}"))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from elta_lightning.predict import predict_folder
+
+    print(
+        predict_folder(
+            args.checkpoint, args.images, args.out, args.batch_size, args.skip_unreadable
+        )
+    )
+
+
+def _self_train(args: argparse.Namespace) -> None:
+    from elta_lightning.selftrain import self_train
+
+    result = self_train(load_config(args.overrides), args.skip_unreadable)
+    if result.labels_used:
+        print(
+            "NOTE: ORACLE analysis: beta/threshold were chosen with the TRUE labels of "
+            "the unlabeled set (method.apds.oracle=true); not a valid self-training run"
+        )
+    kept = result.report["pseudo_labels"]
+    print(f"== self-training: {result.run_dir} ==")
+    print(f"pseudo-labels: {kept['selected']} of {kept['total']} kept -> {kept['file']}")
+    print(result.table)
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from elta_lightning.datamodules import build_datamodule
+    from elta_lightning.datamodules.folder import FolderDataModule
+    from elta_lightning.datamodules.prepare import prepare_dataset
+
+    cfg = load_config(args.overrides)
+    datamodule = build_datamodule(cfg.data)
+    if not isinstance(datamodule, FolderDataModule):
+        raise ConfigError(f"elta prepare checks a downloaded data set, not {cfg.data.name!r}")
+    out = args.out or str(Path(cfg.data.root or ".") / "prepared")
+    print(prepare_dataset(datamodule, out, args.resize, args.workers).summary())
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from elta_lightning.comparison import compare_runs
+
+    report = compare_runs(
+        args.runs,
+        reference=args.reference,
+        out=args.out,
+        group_by=args.group_by,
+        resamples=args.resamples,
+        seed=args.seed,
+    )
+    print(report.summary())
+
+
+def _compare_train(args: argparse.Namespace) -> None:
+    from elta_lightning.compare import train_and_compare
+
+    methods = [m for m in args.methods.replace(",", " ").split() if m]
+    report = train_and_compare(methods, args.seeds, args.overrides, args.reference, args.out)
+    print(report.summary())
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from elta_lightning.sweeps import run_local_sweep, run_wandb_sweep
+
+    if args.local:
+        print(run_local_sweep(args.file, args.trials, args.overrides, storage=args.storage))
+    else:
+        run_wandb_sweep(args.file, args.overrides, args.count, args.project, args.entity)
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from elta_lightning.dashboard import create_dashboard
+
+    print(create_dashboard(args.project, entity=args.entity, dataset=args.dataset))
+
+
+#: The function of each sub-command.
+COMMANDS = {
+    "train": _train,
+    "test": _test,
+    "predict": _predict,
+    "self-train": _self_train,
+    "prepare": _prepare,
+    "compare": _compare,
+    "compare-train": _compare_train,
+    "sweep": _sweep,
+    "dashboard": _dashboard,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``elta`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     _log_to_stderr()
     try:
-        if args.command == "train":
-            cfg = load_config(args.overrides)
-            if args.print_config:
-                print(to_yaml(cfg), end="")
-                return 0
-            from elta_lightning.run import train, write_summary
-
-            result = train(cfg)
-            write_summary(f"{cfg.data.name} / {cfg.method.name}", result)
-        elif args.command == "test":
-            from elta_lightning.run import evaluate_checkpoint, format_metrics, json_text
-
-            metrics = evaluate_checkpoint(args.checkpoint, args.overrides)
-            if args.out:
-                Path(args.out).write_text(json_text(metrics))
-            print(format_metrics("test", metrics, f"checkpoint: {args.checkpoint}"))
-        elif args.command == "predict":
-            from elta_lightning.predict import predict_folder
-
-            report = predict_folder(
-                args.checkpoint, args.images, args.out, args.batch_size, args.skip_unreadable
-            )
-            print(report)
-        elif args.command == "self-train":
-            from elta_lightning.selftrain import self_train
-
-            result = self_train(load_config(args.overrides), args.skip_unreadable)
-            if result.labels_used:
-                print(
-                    "NOTE: ORACLE analysis: beta/threshold were chosen with the TRUE labels of "
-                    "the unlabeled set (method.apds.oracle=true); not a valid self-training run"
-                )
-            kept = result.report["pseudo_labels"]
-            print(f"== self-training: {result.run_dir} ==")
-            print(f"pseudo-labels: {kept['selected']} of {kept['total']} kept -> {kept['file']}")
-            print(result.table)
-        elif args.command == "prepare":
-            from elta_lightning.datamodules import build_datamodule
-            from elta_lightning.datamodules.folder import FolderDataModule
-            from elta_lightning.datamodules.prepare import prepare_dataset
-
-            cfg = load_config(args.overrides)
-            datamodule = build_datamodule(cfg.data)
-            if not isinstance(datamodule, FolderDataModule):
-                raise ConfigError(
-                    f"elta prepare checks a downloaded data set, not {cfg.data.name!r}"
-                )
-            out = args.out or str(Path(cfg.data.root or ".") / "prepared")
-            print(prepare_dataset(datamodule, out, args.resize, args.workers).summary())
-        elif args.command == "compare-demo":
-            from elta_lightning.compare import compare_demo
-
-            demo = compare_demo(args.overrides)
-            print(f"== vanilla vs ELTA (built-in data set) ==\n{demo.table}\n  {demo.report}")
+        COMMANDS[args.command](args)
     except (ConfigError, MisconfigurationException) as error:
         print(f"elta: configuration error: {error}", file=sys.stderr)
         print(

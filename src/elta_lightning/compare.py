@@ -1,18 +1,25 @@
-"""Side-by-side results: the markdown table of runs' metrics, and ``elta compare-demo`` (vanilla
-vs ELTA on the built-in data set, same budget and seed)."""
+"""``elta compare-train`` / ``make compare``: train every (method, seed) with one budget, then
+report on them (:mod:`elta_lightning.comparison`); and the markdown table of runs' metrics."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
+import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
-from elta_lightning.config import ConfigError, load_config
-from elta_lightning.run import run_id_for, train
+from elta_lightning.comparison import ComparisonReport, compare_runs
+from elta_lightning.config import ConfigError, load_config, to_yaml
+from elta_lightning.run import train
+from elta_lightning.runs import run_dir_for
+
+log = logging.getLogger(__name__)
 
 #: (metrics key, row label) of the tables; arrows say which direction is better. The tail
 #: regions are the training set's 0-20 / 20-80 / 80-100 % score percentiles.
@@ -27,8 +34,6 @@ REPORT_ROWS: tuple[tuple[str, str], ...] = (
     ("test/emd2", "EMD r=2 ↓"),
     ("val/srcc_best", "best val SRCC ↑"),
 )
-
-DEMO_METHODS = ("vanilla", "elta")
 
 
 def markdown_table(
@@ -57,48 +62,98 @@ def _cell(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4f}"
 
 
-@dataclass
-class CompareResult:
-    """The demo's table, where it was written, and each method's run folder and metrics."""
-
-    table: str
-    report: Path
-    runs: dict[str, Path]
-    metrics: dict[str, dict[str, float]]
+#: Config keys in which the runs of one comparison differ by design (the rest is the budget).
+PER_RUN_KEYS = ("seed", "run_id", "runs_dir", "logger")
 
 
-def compare_demo(overrides: Sequence[str] = ()) -> CompareResult:
-    """Train ``vanilla`` and ``elta`` on the built-in data set with the same overrides (budget),
-    seed and run id, through :func:`elta_lightning.run.train`; write the table to
-    ``<runs_dir>/synthetic/compare/<run id>.md`` (and ``.json``) and return it."""
+def train_and_compare(
+    methods: Sequence[str],
+    seeds: int,
+    overrides: Sequence[str] = (),
+    reference: str = "vanilla",
+    out: str | None = None,
+) -> ComparisonReport:
+    """Train every (method, seed 1..``seeds``) with the same ``overrides`` (one budget: data,
+    backbone, optimiser, epochs), then compare them with :func:`compare_runs`.
+
+    The runs of one comparison share a name derived from the budget (``cmp-<hash>``), used as
+    their W&B group and in their run ids (``cmp-<hash>-seed<k>``), so calling again with the
+    same arguments finds them: a finished run (``metrics.json`` written) with the same config is
+    skipped, an unfinished one is trained again from scratch, and a finished one whose config
+    differs (e.g. an edited recipe) is an error naming the keys, never silently overwritten.
+    """
+    if not methods or seeds < 1:
+        raise ConfigError(f"need at least one method and one seed; got {list(methods)}, {seeds}")
     for item in overrides:
-        if item.split("=", 1)[0] in ("dataset", "method"):
-            raise ConfigError(f"compare-demo fixes the data set and the methods; drop {item!r}")
-    base = load_config(["dataset=synthetic", *overrides])
-    run_id = run_id_for(base)
-    runs: dict[str, Path] = {}
-    metrics: dict[str, dict[str, float]] = {}
-    for method in DEMO_METHODS:
-        cfg = load_config(["dataset=synthetic", f"method={method}", *overrides, f"run_id={run_id}"])
-        result = train(cfg)
-        runs[method], metrics[method] = result.run_dir, result.metrics
-    result = CompareResult(
-        table=markdown_table(metrics, change=True),
-        report=Path(base.runs_dir) / "synthetic" / "compare" / f"{run_id}.md",
-        runs=runs,
-        metrics=metrics,
-    )
-    _write_report(result, f"seed {base.seed}, same budget: {' '.join(overrides) or 'defaults'}")
-    return result
+        if item.split("=", 1)[0] in ("method", "seed", "run_id", "parts"):
+            raise ConfigError(f"compare-train sets methods and seeds itself; drop {item!r}")
+    name = comparison_name(load_config(list(overrides)))
+    run_dirs = []
+    for method in methods:
+        for seed in range(1, seeds + 1):
+            cfg = load_config(
+                [
+                    *overrides,
+                    f"method={method}",
+                    f"seed={seed}",
+                    f"run_id={name}-seed{seed}",
+                    f"logger.group={name}",
+                ]
+            )
+            run_dir = run_dir_for(cfg)
+            if is_finished(run_dir, cfg):
+                log.info("compare: %s is finished with this config: skipped", run_dir)
+            else:
+                train(cfg, run_dir=run_dir)
+            run_dirs.append(str(run_dir))
+    base = load_config(list(overrides))
+    report_dir = out or str(Path(base.runs_dir) / base.data.name / "compare" / name)
+    return compare_runs(run_dirs, reference=reference, out=report_dir)
+
+
+def comparison_name(base: DictConfig) -> str:
+    """``cmp-<8 hex>``: a hash of the budget (the config without its per-run keys and method)."""
+    budget = OmegaConf.to_container(base, resolve=True)
+    for key in (*PER_RUN_KEYS, "method"):
+        budget.pop(key, None)
+    digest = hashlib.sha1(json.dumps(budget, sort_keys=True).encode()).hexdigest()
+    return f"cmp-{digest[:8]}"
+
+
+def is_finished(run_dir: Path, cfg: DictConfig) -> bool:
+    """True if ``run_dir`` holds a finished run of ``cfg``; False if there is none or an
+    unfinished one (then removed, to train again). A finished run of another config raises."""
+    if not (run_dir / "config.yaml").is_file():
+        return False
+    stored = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    wanted = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))  # as a run folder keeps it
+    changed = sorted(differing_keys(stored, wanted))
+    if not (run_dir / "metrics.json").is_file():
+        log.warning("compare: %s is unfinished: training it again from scratch", run_dir)
+        clear_run_folder(run_dir)
+        return False
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds a finished run of another config (differs in {changed[:8]}): "
+            "remove the folder to train it again, or compare with other settings"
+        )
+    return True
 
 
 @rank_zero_only
-def _write_report(result: CompareResult, setting: str) -> None:
-    """The table as markdown (with the run folders) and the metrics as JSON, from rank 0."""
-    result.report.parent.mkdir(parents=True, exist_ok=True)
-    runs = "\n".join(f"- {method}: {path}" for method, path in result.runs.items())
-    result.report.write_text(
-        f"# vanilla vs ELTA on the built-in data set\n\n{setting}\n\n{result.table}\n\n{runs}\n"
-    )
-    summary = {"runs": {m: str(p) for m, p in result.runs.items()}, "metrics": result.metrics}
-    result.report.with_suffix(".json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+def clear_run_folder(run_dir: Path) -> None:
+    """Remove an unfinished run's folder (rank 0; the others only read it)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def differing_keys(first: dict, second: dict, prefix: str = "") -> set[str]:
+    """Dotted keys whose values differ between two nested dicts (present in only one counts)."""
+    keys = set()
+    for key in set(first) | set(second):
+        path = f"{prefix}{key}"
+        a, b = first.get(key), second.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys |= differing_keys(a, b, f"{path}.")
+        elif a != b:
+            keys.add(path)
+    return keys

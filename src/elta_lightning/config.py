@@ -240,6 +240,7 @@ class LoggerConfig:
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     project: str = "elta-lightning"
     entity: str | None = None
+    group: str | None = None  # W&B group; null: the data set's name (a comparison sets its own)
     tags: list[str] = field(default_factory=list)
 
 

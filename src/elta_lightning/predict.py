@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor
 
+from elta_lightning.checkpoints import load_checkpoint
 from elta_lightning.datamodules.unlabeled import (
     IMAGE_SUFFIXES,
     list_images,
@@ -25,7 +26,6 @@ from elta_lightning.datamodules.unlabeled import (
 from elta_lightning.errors import EltaError
 from elta_lightning.metrics import IndexedCollector
 from elta_lightning.models.module import IAAModule
-from elta_lightning.run import load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -48,6 +48,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from elta_lightning.callbacks import PseudoLabelSelection, PseudoLabelSelector
+from elta_lightning.checkpoints import load_checkpoint
 from elta_lightning.compare import markdown_table
 from elta_lightning.datamodules import build_datamodule
 from elta_lightning.datamodules.ava import read_ava_csv
@@ -62,14 +63,8 @@ from elta_lightning.datamodules.unlabeled import (
 from elta_lightning.errors import EltaError
 from elta_lightning.metrics import region_masks
 from elta_lightning.models.module import IAAModule, resolve_head
-from elta_lightning.run import (
-    build_trainer,
-    evaluate,
-    load_checkpoint,
-    model_scale,
-    run_dir_for,
-    train,
-)
+from elta_lightning.run import build_trainer, evaluate, model_scale, train
+from elta_lightning.runs import run_dir_for
 from elta_lightning.scales import ScoreScale
 
 log = logging.getLogger(__name__)

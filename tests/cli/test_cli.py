@@ -143,9 +143,9 @@ def test_predict_gives_the_scores_of_the_models_own_forward(
     """`elta predict` (Lightning's predict loop, batches of 2 over 3 images) writes what the
     model itself computes for each image: scores on both scales and, for the distribution head,
     the vote shares."""
+    from elta_lightning.checkpoints import load_checkpoint
     from elta_lightning.datamodules.unlabeled import UnlabeledImages
     from elta_lightning.predict import predict_folder
-    from elta_lightning.run import load_checkpoint
 
     checkpoint = cli_run[0] / "checkpoints" / "best.ckpt" if head == "distribution" else None
     checkpoint = checkpoint or score_head_checkpoint

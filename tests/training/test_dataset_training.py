@@ -25,8 +25,9 @@ if TINY_DATASETS_DIR not in sys.path:  # appended: never shadows another folder'
 from tiny_datasets import TinyDataset, build_tiny_dataset  # noqa: E402
 from tiny_runs import TINY_TRAINING  # noqa: E402
 
+from elta_lightning.checkpoints import load_checkpoint  # noqa: E402
 from elta_lightning.config import load_config  # noqa: E402
-from elta_lightning.run import load_checkpoint, train  # noqa: E402
+from elta_lightning.run import train  # noqa: E402
 
 DATASETS = ("ava", "aadb", "tad66k", "para")
 LAYOUTS = ("native", "elta_csv")

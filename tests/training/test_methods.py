@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from elta_lightning.checkpoints import load_checkpoint
 from elta_lightning.config import available, load_config
-from elta_lightning.run import load_checkpoint, train
+from elta_lightning.run import train
 
 #: (method, extra parts) pairs: every recipe alone, and the combinations users list.
 RUNS = [
@@ -40,7 +41,7 @@ def test_method_trains_and_its_checkpoint_reloads_with_its_parts(tiny_overrides,
         *filter(None, parts.split(",")),
     ]
     path = Path(result.run_dir) / "checkpoints" / "last.ckpt"
-    saved = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     module = load_checkpoint(path)
     assert [part.name for part in module.parts] == expected
     reloaded = module.state_dict()
@@ -62,7 +63,7 @@ def test_rrt_stage_composes_with_a_part(tiny_overrides) -> None:
     result = train(cfg)
     module = load_checkpoint(Path(result.run_dir) / "checkpoints" / "last.ckpt")
     assert [part.name for part in module.parts] == ["lds"]
-    before = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    before = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     for key, value in module.state_dict().items():
         if key.startswith("backbone."):
             assert torch.equal(value, before[key]), key

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from elta_lightning.checkpoints import load_checkpoint
 from elta_lightning.cli import main
 from elta_lightning.config import ConfigError, load_config
 from elta_lightning.datamodules import build_datamodule
@@ -21,7 +22,7 @@ from elta_lightning.parts import (
     TFAConfig,
     TrainStep,
 )
-from elta_lightning.run import build_module, load_checkpoint
+from elta_lightning.run import build_module
 from elta_lightning.scales import AVA_SCALE
 
 STEPS = 3

@@ -28,7 +28,7 @@ def stage_one(tmp_path_factory, synthetic_cache):
 
 
 def _state(path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_rrt_changes_the_head_only_and_keeps_batchnorm_statistics(stage_one) -> None:

@@ -8,8 +8,9 @@ import torch
 from scipy import stats
 from tiny_runs import tiny_run_overrides
 
+from elta_lightning.checkpoints import load_checkpoint
 from elta_lightning.config import load_config
-from elta_lightning.run import evaluate_checkpoint, load_checkpoint, train
+from elta_lightning.run import evaluate_checkpoint, train
 
 
 @pytest.fixture(scope="module")

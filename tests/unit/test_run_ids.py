@@ -3,7 +3,7 @@
 import pytest
 
 from elta_lightning.config import load_config
-from elta_lightning.run import RUN_ID_ENV, run_dir_for, run_id_for
+from elta_lightning.runs import RUN_ID_ENV, run_dir_for, run_id_for
 
 LAUNCHER_VARS = ("LOCAL_RANK", RUN_ID_ENV, "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_ID")
 

@@ -1,0 +1,186 @@
+"""W&B through Lightning's WandbLogger: online with an API key, offline without one.
+
+What a run records, so that runs of one comparison line up in the W&B UI:
+
+* **group** ``logger.group`` (a comparison sets its own), else the data set's name; **tags** the
+  method, its parts, ``seed=<n>`` and ``logger.tags``;
+* **config** (:func:`run_config`): top-level keys to group and filter by (``method``,
+  ``parts`` as ``"lds+tfa"``, ``dataset``, ``backbone``, ``seed``) and the resolved nested config,
+  whose ``method`` section moves to ``method_config`` (the key ``method`` is the method's name);
+* **summaries** (:func:`define_summaries`): ``val/srcc`` keeps its maximum, the test metrics and
+  ``val/srcc_best`` their final values (:func:`log_test_results` sets them explicitly);
+* **tables and plots** of the test split (:func:`log_test_results`): ``test/region_errors``
+  (MAE and image count per region low / mid / high, per shot many / medium / few, balanced and
+  all), ``test/predictions`` (one row per test image: id, true and predicted score, bin, region,
+  shot), histograms ``test/predicted_score_hist`` and ``test/true_score_hist``, and the scatter
+  plot ``test/predicted_vs_true``.
+"""
+
+from __future__ import annotations
+
+import math
+import netrc
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from elta_lightning.datamodules.base import IAADataModule
+from elta_lightning.metrics import REGION_NAMES, SHOT_NAMES
+from elta_lightning.models.module import IAAModule
+from elta_lightning.runs import PREDICTION_COLUMNS, prediction_rows
+
+#: The x-axis Lightning's WandbLogger gives every metric.
+STEP_METRIC = "trainer/global_step"
+
+#: Columns of the ``test/region_errors`` table.
+REGION_ERROR_COLUMNS = ("kind", "region", "mae", "count")
+
+
+def wandb_mode(requested: str) -> str:
+    """``auto``: the ``WANDB_MODE`` environment variable when set, else online with an API key
+    (``WANDB_API_KEY`` or a netrc entry for api.wandb.ai) and offline without one."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+def parts_label(parts: Sequence[str]) -> str:
+    """A method's parts as one value to group by: ``"lds+tfa"``; ``"none"`` without parts."""
+    return "+".join(parts) or "none"
+
+
+def run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config W&B records: flat keys to group by, then the resolved nested config.
+
+    ``method`` is the method's name (its config section is logged as ``method_config``), so the
+    UI groups by ``method`` directly; ``parts``, ``dataset``, ``backbone`` and ``seed`` sit next
+    to it. Every other section keeps its name, so ``optim.lr`` means the same key as in a
+    sweep file.
+    """
+    nested = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(nested, dict)
+    method_section = nested.pop("method")
+    return {
+        "method": cfg.method.name,
+        "parts": parts_label(cfg.method.parts),
+        "dataset": cfg.data.name,
+        "backbone": cfg.model.backbone,
+        "seed": cfg.seed,
+        **nested,
+        "method_config": method_section,
+    }
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    """Tags of a run: the method, its parts, ``seed=<n>`` and the user's ``logger.tags``."""
+    tags = [cfg.method.name, *cfg.method.parts, f"seed={cfg.seed}", *cfg.logger.tags]
+    return list(dict.fromkeys(tags))  # W&B keeps a tag once; so do we, in order
+
+
+def run_group(cfg: DictConfig) -> str:
+    """The W&B group: ``logger.group`` (a comparison's), else the data set's name."""
+    return cfg.logger.group or cfg.data.name
+
+
+def build_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger | None:
+    """W&B through Lightning (rank 0 only): group = ``logger.group`` or the data set, tags =
+    method, parts and seed, the config of :func:`run_config`, summaries of
+    :func:`define_summaries`. ``None`` when W&B is disabled."""
+    mode = wandb_mode(cfg.logger.mode)
+    if mode == "disabled":
+        return None
+    logger = WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        name=f"{cfg.data.name}/{cfg.method.name}/{run_dir.name}",
+        group=run_group(cfg),
+        tags=run_tags(cfg),
+        save_dir=str(run_dir),
+        mode=mode,
+        job_type=cfg.stage,
+    )
+    logger.log_hyperparams(run_config(cfg))
+    define_summaries(logger.experiment)
+    return logger
+
+
+def define_summaries(experiment: Any) -> None:
+    """Summary of each key: ``val/srcc`` its maximum (the epoch the checkpoint is chosen by),
+    ``val/srcc_best`` its last value (the key sweeps maximise: a plain number), on Lightning's
+    step axis. Test metrics keep W&B's default (the last value), and
+    :func:`log_test_results` sets the final ones explicitly. (No ``test/*`` glob: its summary
+    would also wrap the ``_type`` of the logged tables, and the UI would no longer find them.)
+
+    A no-op on the stand-in experiment Lightning gives processes of rank > 0."""
+    define = getattr(experiment, "define_metric", None)
+    if define is None:
+        return
+    define("val/srcc", step_metric=STEP_METRIC, summary="max")
+    define("val/srcc_best", step_metric=STEP_METRIC, summary="last")
+
+
+def region_error_rows(
+    metrics: Mapping[str, float], rows: Sequence[tuple[str, float, float, int, str, str]]
+) -> list[list[Any]]:
+    """Rows of ``test/region_errors`` (:data:`REGION_ERROR_COLUMNS`): for each region (low /
+    mid / high), shot (many / medium / few), ``balanced`` and ``all``, the test MAE as the
+    run's metrics give it (native scale; ``None`` where the region is empty or the metric
+    absent) and the number of test images in it (from :func:`~elta_lightning.runs.prediction_rows`,
+    the same assignment as predictions.csv)."""
+    regions = [r[4] for r in rows]
+    shots = [r[5] for r in rows]
+
+    def mae(key: str) -> float | None:
+        value = metrics.get(key)
+        return None if value is None or math.isnan(value) else float(value)
+
+    table = [["region", n, mae(f"test/mae_{n}"), regions.count(n)] for n in REGION_NAMES]
+    table += [["shot", n, mae(f"test/mae_{n}"), shots.count(n)] for n in SHOT_NAMES]
+    table.append(["shot", "balanced", mae("test/mae_balanced"), len(rows)])
+    table.append(["all", "all", mae("test/mae"), len(rows)])
+    return table
+
+
+def log_test_results(
+    logger: WandbLogger,
+    metrics: Mapping[str, float],
+    module: IAAModule,
+    datamodule: IAADataModule,
+) -> None:
+    """After the test (rank 0): log the test split's tables, histograms and scatter plot, set
+    the final ``metrics`` (test metrics, ``val/srcc_best``, time and memory) in the summary,
+    and finish the W&B run."""
+    import wandb  # here, not at import time: most commands never log to W&B
+
+    experiment = logger.experiment
+    rows = prediction_rows(module, datamodule)
+    predictions = wandb.Table(columns=list(PREDICTION_COLUMNS), data=[list(r) for r in rows])
+    errors = wandb.Table(columns=list(REGION_ERROR_COLUMNS), data=region_error_rows(metrics, rows))
+    true_scores = [r[1] for r in rows]
+    predicted_scores = [r[2] for r in rows]
+    experiment.log(
+        {
+            "test/region_errors": errors,
+            "test/predictions": predictions,
+            "test/predicted_score_hist": wandb.Histogram(predicted_scores),
+            "test/true_score_hist": wandb.Histogram(true_scores),
+            "test/predicted_vs_true": wandb.plot.scatter(
+                predictions, "true_score", "predicted_score", title="Test: predicted vs true"
+            ),
+        }
+    )
+    experiment.summary.update(dict(metrics))
+    experiment.finish()
