@@ -11,14 +11,12 @@ import pytest
 from tiny_runs import tiny_run_overrides
 
 from elta_lightning.cli import main
-from elta_lightning.comparison import (
-    BOOTSTRAPPED,
-    PLOT_FILES,
-    compare_runs,
-    evaluation_set,
-    prediction_metrics,
-    read_run,
-)
+from elta_lightning.comparison import compare_runs
+from elta_lightning.comparison.group import evaluation_set
+from elta_lightning.comparison.metric_rows import BOOTSTRAPPED
+from elta_lightning.comparison.plots import PLOT_FILES
+from elta_lightning.comparison.runs import read_run
+from elta_lightning.comparison.statistics import prediction_metrics
 from elta_lightning.config import load_config
 from elta_lightning.errors import EltaError
 from elta_lightning.run import train

@@ -19,6 +19,7 @@ from tiny_runs import tiny_run_overrides
 from wandb_records import read_run
 
 from elta_lightning import cli, sweeps
+from elta_lightning.sweeps import wandb_agent
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # where the `elta` console script lives
@@ -61,7 +62,7 @@ def test_the_agent_command_starts_a_real_run_with_the_sampled_values(
 
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setattr(sweeps, "check_reachable", lambda url: None)
+    monkeypatch.setattr(wandb_agent, "check_reachable", lambda url: None)
     monkeypatch.setattr(wandb, "sweep", create_sweep)
     monkeypatch.setattr(wandb, "agent", lambda sweep_id, **kw: created.setdefault("agent", kw))
     runs = tmp_path / "runs"

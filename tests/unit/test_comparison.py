@@ -14,18 +14,15 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats
 
-from elta_lightning.comparison import (
+from elta_lightning.comparison import compare_runs
+from elta_lightning.comparison.metric_rows import BOOTSTRAPPED
+from elta_lightning.comparison.runs import differing_keys, flat_config
+from elta_lightning.comparison.statistics import (
     BLOCK,
-    BOOTSTRAPPED,
     Difference,
     EvaluationSet,
     bootstrap_metrics,
-    compare_runs,
-    difference_cell,
-    differing_keys,
-    flat_config,
     mean_std,
-    mean_std_cell,
     paired_difference,
     percentile_interval,
     prediction_metrics,
@@ -33,6 +30,7 @@ from elta_lightning.comparison import (
     weighted_pearson,
     weighted_ranks,
 )
+from elta_lightning.comparison.tables import difference_cell, mean_std_cell
 from elta_lightning.errors import EltaError
 
 

@@ -19,6 +19,7 @@ from elta_lightning import cli, sweeps
 from elta_lightning.config import apply_overrides, load_config, project_root, to_yaml
 from elta_lightning.errors import ConfigError, EltaError
 from elta_lightning.runs import RunResult
+from elta_lightning.sweeps import objective, wandb_agent
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -348,7 +349,7 @@ def test_unreachable_server_is_a_one_line_error(no_wandb_credentials, monkeypatc
     def no_network(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(sweeps.socket, "create_connection", no_network)
+    monkeypatch.setattr(wandb_agent.socket, "create_connection", no_network)
     with pytest.raises(EltaError, match="cannot reach the W&B server .*unreachable.*--local"):
         sweeps.run_wandb_sweep("lds", ["dataset=synthetic"])
 
@@ -361,7 +362,7 @@ def wandb_server(no_wandb_credentials, monkeypatch: pytest.MonkeyPatch) -> dict:
     calls: dict = {}
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    monkeypatch.setattr(sweeps, "check_reachable", lambda url: calls.setdefault("url", url))
+    monkeypatch.setattr(wandb_agent, "check_reachable", lambda url: calls.setdefault("url", url))
 
     def create(config, entity=None, project=None):
         calls["sweep"] = (config, entity, project)
@@ -453,7 +454,7 @@ def study_of(runs: Path, name: str) -> optuna.Study:
 
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path, runs, monkeypatch) -> None:
     fake = FakeTrain(fail_lr=0.2)
-    monkeypatch.setattr(sweeps, "train", fake)
+    monkeypatch.setattr(objective, "train", fake)
     parameters = {"optim.lr": {"values": [0.1, 0.2]}, "method.lds.size": {"values": [5, 4]}}
     path = write_sweep(tmp_path / "grid.yaml", parameters=parameters)
     summary = sweeps.run_local_sweep(path, 10, [f"runs_dir={runs}"])
@@ -473,7 +474,7 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path, runs, monkey
 
 def test_resume_counts_trials_toward_the_total(tmp_path, runs, monkeypatch) -> None:
     fake = FakeTrain()
-    monkeypatch.setattr(sweeps, "train", fake)
+    monkeypatch.setattr(objective, "train", fake)
     path = write_sweep(
         tmp_path / "rand.yaml", method="random", parameters={"optim.lr": {"min": 0.01, "max": 0.1}}
     )
@@ -498,14 +499,14 @@ def test_resume_counts_trials_toward_the_total(tmp_path, runs, monkeypatch) -> N
 
 
 def test_an_interrupted_trial_is_run_again_and_not_counted(tmp_path, runs, monkeypatch) -> None:
-    monkeypatch.setattr(sweeps, "train", FakeTrain(interrupt_call=2))
+    monkeypatch.setattr(objective, "train", FakeTrain(interrupt_call=2))
     path = write_sweep(
         tmp_path / "rand.yaml", method="random", parameters={"optim.lr": {"min": 0.01, "max": 0.1}}
     )
     fixed = [f"runs_dir={runs}"]
     first = sweeps.run_local_sweep(path, 3, fixed)
     assert "1 of 3 done" in first and "run the same command to resume" in first
-    monkeypatch.setattr(sweeps, "train", FakeTrain())
+    monkeypatch.setattr(objective, "train", FakeTrain())
     second = sweeps.run_local_sweep(path, 3, fixed)
     assert "3 of 3 done: completed 3" in second and "interrupted: 1" in second
     trials = study_of(runs, "rand-synthetic").trials
@@ -516,7 +517,7 @@ def test_an_interrupted_trial_is_run_again_and_not_counted(tmp_path, runs, monke
 
 
 def test_local_sweeps_refuse_ddp_and_stale_run_folders(tmp_path, runs, monkeypatch) -> None:
-    monkeypatch.setattr(sweeps, "train", FakeTrain())
+    monkeypatch.setattr(objective, "train", FakeTrain())
     path = write_sweep(tmp_path / "g.yaml")
     with pytest.raises(ConfigError, match="one device"):
         sweeps.run_local_sweep(path, 1, [f"runs_dir={runs}", "trainer.devices=2"])
@@ -528,7 +529,7 @@ def test_local_sweeps_refuse_ddp_and_stale_run_folders(tmp_path, runs, monkeypat
 
 
 def test_a_resumed_grid_runs_the_points_not_yet_run(tmp_path, runs, monkeypatch) -> None:
-    monkeypatch.setattr(sweeps, "train", FakeTrain())
+    monkeypatch.setattr(objective, "train", FakeTrain())
     parameters = {"optim.lr": {"values": [0.1, 0.2]}, "method.flsa.weight": {"values": [0.5, 1.0]}}
     path = write_sweep(tmp_path / "grid.yaml", parameters=parameters)
     assert "2 of 2 done" in sweeps.run_local_sweep(path, 2, [f"runs_dir={runs}"])
