@@ -54,3 +54,4 @@ bench: install
 	$(TEST_ENV) $(BIN)/python benchmarks/elta_overhead.py
 	$(TEST_ENV) $(BIN)/python benchmarks/image_decode.py
 	$(TEST_ENV) $(BIN)/python benchmarks/part_overhead.py
+	$(TEST_ENV) $(BIN)/python benchmarks/train_throughput.py

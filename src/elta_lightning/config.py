@@ -126,7 +126,9 @@ class DataConfig:
     prepared: str | None = None  # folder written by `elta prepare`: reuse its checks and images
     batch_size: int = 48
     eval_batch_size: int | None = None
-    num_workers: int = 4
+    # loader processes per device; null: chosen from the machine's cores (datamodules/base.py,
+    # loader_settings: accelerators get cores per device - 1, CPU runs none below 8 cores)
+    num_workers: int | None = None
     val_fraction: float = 0.05
     split_seed: int = 0
     skip_missing_images: bool = False
@@ -365,7 +367,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"missing mandatory value(s): {sorted(missing)}")
     checks = [
         ("data.batch_size", cfg.data.batch_size >= 2, "at least 2"),
-        ("data.num_workers", cfg.data.num_workers >= 0, ">= 0"),
+        ("data.num_workers", cfg.data.num_workers is None or cfg.data.num_workers >= 0, ">= 0"),
         ("data.val_fraction", 0 < cfg.data.val_fraction < 1, "in (0, 1)"),
         ("optim.lr", cfg.optim.lr > 0, "> 0"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, ">= 0"),

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.transforms import v2
 
 from elta_lightning.config import DataConfig, TransformConfig
-from elta_lightning.datamodules.images import ImageDecodeError, load_rgb
+from elta_lightning.datamodules.images import ImageDecodeError, load_rgb, load_rgb_array
 from elta_lightning.datamodules.labels import LabelFileError, LabelTable
-from elta_lightning.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+from elta_lightning.datamodules.transforms import (
+    ImageTransform,
+    InputNormaliser,
+    channels_last_uint8,
+    collate_images,
+    normalisation,
+    stack_images,
+)
 from elta_lightning.scales import ScoreScale
 
 log = logging.getLogger(__name__)
@@ -24,46 +33,163 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-def normalisation(cfg: TransformConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the input normalisation: the config's, or ImageNet's where unset
-    (``load_config`` fills them in from the backbone's pretrained config)."""
-    mean = IMAGENET_MEAN if cfg.mean is None else tuple(cfg.mean)
-    std = IMAGENET_STD if cfg.std is None else tuple(cfg.std)
-    return mean, std
+def build_transform(cfg: TransformConfig, train: bool, normalise: bool = True) -> ImageTransform:
+    """The authors' pipeline: train = resize, random crop, flip; eval = resize to the crop size.
+
+    Output: normalised float32 (3, S, S), or uint8 with ``normalise=False`` (the loaders'
+    form when a Trainer drives them; see :mod:`elta_lightning.datamodules.transforms`)."""
+    return ImageTransform.from_config(cfg, train, normalise)
 
 
-def build_transform(cfg: TransformConfig, train: bool) -> v2.Compose:
-    """The authors' pipeline: train = resize, random crop, flip; eval = resize to the crop size."""
-    steps: list[torch.nn.Module] = [v2.ToImage()]
-    if train:
-        steps += [v2.Resize((cfg.train_resize, cfg.train_resize), antialias=True)]
-        steps += [v2.RandomCrop(cfg.crop)]
-        if cfg.hflip:
-            steps += [v2.RandomHorizontalFlip()]
+def decode_for(transform: Any, path: Path, draft_size: int | None) -> Any:
+    """``path`` decoded for ``transform``: uint8 pixels (3, H, W) through the fast JPEG path for
+    our :class:`ImageTransform`, an RGB PIL image (:func:`load_rgb`) for any other callable."""
+    if isinstance(transform, ImageTransform):
+        return torch.from_numpy(load_rgb_array(path, draft_size)).permute(2, 0, 1)
+    return load_rgb(path, draft_size)
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """What a DataLoader of one process gets; see :func:`loader_settings`."""
+
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    torch_threads: int | None  # CPU runs: intra-op threads of the main process; None: leave
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a SLURM or container limit)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+#: Most loader workers per accelerator: enough for ~1000 full-size photos per second
+#: (benchmarks/image_decode.py), few enough to keep the workers' memory in bounds.
+MAX_WORKERS_PER_DEVICE = 16
+#: CPU runs give one loader worker per this many cores (see :func:`loader_settings`).
+CPU_CORES_PER_WORKER = 8
+#: CPU runs on at most this many cores per process leave one core free of torch threads.
+SMALL_CPU = 4
+
+
+def loader_settings(
+    requested: int | None,
+    accelerator: str,
+    processes_per_node: int = 1,
+    cores: int | None = None,
+    torch_threads: int | None = None,
+) -> LoaderSettings:
+    """Loader workers, pinned memory, persistent workers and (CPU) torch threads of a process.
+
+    The rule (``requested`` = ``data.num_workers``; null = choose):
+
+    - Accelerator runs (``gpu``/``cuda``, ``mps``, ...): each of the node's
+      ``processes_per_node`` processes gets ``cores // processes_per_node - 1`` workers (one
+      core left for the process that drives its device), at least 1 and at most
+      :data:`MAX_WORKERS_PER_DEVICE`; CUDA batches are pinned (asynchronous copies) and the
+      workers persist across epochs.
+    - CPU runs: the model step runs in the main process on torch's intra-op threads and each
+      worker decodes on a core of its own, so workers + threads stay within the process's
+      share of the cores: oversubscribed OpenMP threads spin-wait for a descheduled sibling. A
+      worker pays off only when loading is more than about 1/cores of a step, and on a CPU the
+      model step dwarfs the JPEG work (``make train``: ~6 ms of loading in a ~200 ms step), so:
+      no workers below :data:`CPU_CORES_PER_WORKER` cores per process, then one worker per that
+      many cores. Torch threads: the remaining cores, less one on machines of at most
+      :data:`SMALL_CPU` cores per process, left to everything else (measured on 2 shared cores
+      with another job running: 2 threads took 2.2 s per ``make train`` step, 1 thread 0.19 s),
+      and never more than ``torch_threads`` (the current setting, e.g. ``OMP_NUM_THREADS=1``).
+      An explicit worker count keeps the thread rule.
+    """
+    cores = available_cores() if cores is None else cores
+    per_process = max(1, cores // max(1, processes_per_node))
+    if accelerator == "cpu":
+        workers = per_process // CPU_CORES_PER_WORKER if requested is None else requested
+        spare = 1 if per_process <= SMALL_CPU else 0
+        threads = max(1, per_process - workers - spare)
+        if torch_threads is not None:
+            threads = min(threads, torch_threads)
+        return LoaderSettings(workers, False, workers > 0, threads)
+    if requested is None:
+        workers = min(MAX_WORKERS_PER_DEVICE, max(1, per_process - 1))
     else:
-        steps += [v2.Resize((cfg.eval_resize, cfg.eval_resize), antialias=True)]
-    mean, std = normalisation(cfg)
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+        workers = requested
+    pin = accelerator in ("gpu", "cuda")
+    return LoaderSettings(workers, pin, workers > 0, None)
+
+
+def trainer_accelerator(trainer: pl.Trainer | None) -> tuple[str, int]:
+    """(``cpu``/``cuda``/``mps``/other, devices per node) of ``trainer``; without one, what this
+    machine would use (CUDA when present)."""
+    if trainer is None:
+        return ("cuda" if torch.cuda.is_available() else "cpu"), 1
+    kind = type(trainer.accelerator).__name__.lower()
+    for name in ("cpu", "cuda", "mps"):
+        if name in kind:
+            return name, max(1, trainer.num_devices)
+    return kind, max(1, trainer.num_devices)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    requested_workers: int | None,
+    trainer: pl.Trainer | None,
+    sampler: Any = None,
+    shuffle: bool = False,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader with :func:`loader_settings`; on CPU runs driven by a Trainer it also sets
+    torch's intra-op threads, so that loader workers and threads share the cores without
+    oversubscribing them. A dataset whose transform is an :class:`ImageTransform` yields uint8
+    images when a Trainer drives the loader (normalised on the device by the DataModule's
+    ``on_after_batch_transfer``), normalised float otherwise."""
+    accelerator, devices = trainer_accelerator(trainer)
+    settings = loader_settings(
+        requested_workers, accelerator, devices, None, torch.get_num_threads()
+    )
+    if trainer is not None and settings.torch_threads is not None:
+        if settings.torch_threads < torch.get_num_threads():
+            torch.set_num_threads(settings.torch_threads)
+    transform = getattr(dataset, "transform", None)
+    collate = None
+    if isinstance(transform, ImageTransform):
+        transform.normalise = trainer is None
+        collate = collate_images
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle if sampler is None else False,
+        drop_last=drop_last,
+        num_workers=settings.num_workers,
+        persistent_workers=settings.persistent_workers,
+        pin_memory=settings.pin_memory,
+        collate_fn=collate,
+    )
 
 
 class IAADataset(Dataset):
     """Images of one split with their labels; each item is a dict the modules understand.
 
-    Keys: ``image`` (3, H, W) float, ``score`` native mean score, ``dist`` (K,) vote shares when
+    Keys: ``image`` (3, H, W) (normalised float32, or uint8 while a Trainer drives the loader:
+    see :func:`make_loader`), ``score`` native mean score, ``dist`` (K,) vote shares when
     the data has them, ``weight`` per-sample loss weight (1 unless a method sets weights),
     ``index`` the row in this split (for exact evaluation and pseudo-label bookkeeping), and,
     with ``views > 0``, ``views`` (V, 3, H, W): V more independent draws of ``transform`` of the
     same decoded image (two-view methods such as ConR). ``row_dirs``: the image folder of each
     row, for rows from several folders (extra training rows); by default every id is relative
-    to ``image_dir``.
+    to ``image_dir``. ``draft_size``: the smallest side the decoder may shrink a JPEG to (by
+    default the transform's resize).
     """
 
     def __init__(
         self,
         table: LabelTable,
         image_dir: Path,
-        transform: v2.Compose,
+        transform: Any,
         draft_size: int | None = None,
         row_dirs: list[Path] | None = None,
         views: int = 0,
@@ -74,6 +200,8 @@ class IAADataset(Dataset):
         self.image_dir = image_dir
         self.row_dirs = row_dirs
         self.transform = transform
+        if draft_size is None and isinstance(transform, ImageTransform):
+            draft_size = transform.draft_size
         self.draft_size = draft_size
         self.views = views
         self.scores = torch.as_tensor(table.scores, dtype=torch.float32)
@@ -91,7 +219,7 @@ class IAADataset(Dataset):
         folder = self.image_dir if self.row_dirs is None else self.row_dirs[index]
         path = folder / self.table.image_ids[index]
         try:
-            image = load_rgb(path, self.draft_size)
+            image = decode_for(self.transform, path, self.draft_size)
         except ImageDecodeError as error:
             raise ImageDecodeError(f"{error} (label row {self.table.sources[index]})") from error
         item = {
@@ -103,7 +231,11 @@ class IAADataset(Dataset):
         if self.dists is not None:
             item["dist"] = self.dists[index]
         if self.views:
-            item["views"] = torch.stack([self.transform(image) for _ in range(self.views)])
+            views = [self.transform(image) for _ in range(self.views)]
+            if channels_last_uint8(views[0]):
+                item["views"] = stack_images(views, shared=False)
+            else:
+                item["views"] = torch.stack(views)
         return item
 
 
@@ -218,10 +350,9 @@ class IAADataModule(pl.LightningDataModule):
         self.split_warnings = split_overlap_warnings(tables)
         for message in self.split_warnings:
             log.warning("%s: %s", self.name, message)
-        draft = max(self.cfg.transforms.train_resize, self.cfg.transforms.eval_resize)
-        for split in ("val", "test"):
+        for split in ("val", "test"):  # each decodes JPEGs straight to its own resize
             transform = build_transform(self.cfg.transforms, train=False)
-            self.datasets[split] = IAADataset(tables[split], self.image_dir, transform, draft)
+            self.datasets[split] = IAADataset(tables[split], self.image_dir, transform)
         train, row_dirs = tables["train"], None
         if self.extra_train:  # e.g. pseudo-labels, each block with its own image folder
             train = LabelTable.concat([train, *(table for table, _ in self.extra_train)])
@@ -229,7 +360,7 @@ class IAADataModule(pl.LightningDataModule):
             row_dirs += [folder for table, folder in self.extra_train for _ in range(len(table))]
         transform = build_transform(self.cfg.transforms, train=True)
         self.datasets["train"] = IAADataset(
-            train, self.image_dir, transform, draft, row_dirs, views=self.train_views
+            train, self.image_dir, transform, None, row_dirs, views=self.train_views
         )
 
     def add_training_rows(self, table: LabelTable, image_dir: Path) -> None:
@@ -299,17 +430,21 @@ class IAADataModule(pl.LightningDataModule):
         return trainer.world_size, trainer.global_rank
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler, shuffle: bool, drop_last: bool):
-        workers = self.cfg.num_workers
-        return DataLoader(
+        return make_loader(
             dataset,
-            batch_size=batch_size,
+            batch_size,
+            self.cfg.num_workers,
+            self.trainer,
             sampler=sampler,
-            shuffle=shuffle if sampler is None else False,
+            shuffle=shuffle,
             drop_last=drop_last,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 ``image``/``views`` -> normalised float32, on the device the batch is on."""
+        if not hasattr(self, "_normaliser"):
+            self._normaliser = InputNormaliser(*normalisation(self.cfg.transforms))
+        return self._normaliser(batch)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]

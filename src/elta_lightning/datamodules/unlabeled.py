@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from elta_lightning.datamodules.base import build_transform
+from elta_lightning.datamodules.base import build_transform, decode_for, make_loader
 from elta_lightning.datamodules.images import ImageDecodeError, load_rgb
 
 if TYPE_CHECKING:
@@ -36,7 +36,10 @@ def list_images(folder: Path) -> list[str]:
 
 
 class UnlabeledImages(Dataset):
-    """Eval-transformed images ``root / files[i]``; items: ``image``, ``index``, ``readable``."""
+    """Eval-transformed images ``root / files[i]`` (the training data's fast path: JPEGs decoded
+    straight to the eval size; uint8 while a Trainer drives the loader, normalised on the
+    device, as :class:`~elta_lightning.datamodules.base.IAADataset`); items: ``image``,
+    ``index``, ``readable``."""
 
     def __init__(self, root: Path, files: list[str], transforms: Any) -> None:
         self.root = root
@@ -49,9 +52,10 @@ class UnlabeledImages(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            image, readable = load_rgb(self.root / self.files[index], self.size), True
+            image = decode_for(self.transform, self.root / self.files[index], self.size)
+            readable = True
         except ImageDecodeError:
-            image, readable = Image.new("RGB", (self.size, self.size)), False
+            image, readable = torch.zeros((3, self.size, self.size), dtype=torch.uint8), False
         return {"image": self.transform(image), "index": index, "readable": readable}
 
 
@@ -59,11 +63,14 @@ class UnlabeledDataModule(pl.LightningDataModule):
     """The predict loader: every image exactly once over all processes, in order (without
     padding: ``UnrepeatedDistributedSampler`` under DDP)."""
 
-    def __init__(self, dataset: UnlabeledImages, batch_size: int, num_workers: int = 0) -> None:
+    def __init__(
+        self, dataset: UnlabeledImages, batch_size: int, num_workers: int | None = 0
+    ) -> None:
         super().__init__()
         self.dataset = dataset
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = num_workers  # None: base.loader_settings' rule
+        self._normaliser = dataset.transform.normaliser()
 
     def predict_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -72,13 +79,11 @@ class UnlabeledDataModule(pl.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 self.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank
             )
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            shuffle=False,
-            num_workers=self.num_workers,
-        )
+        return make_loader(self.dataset, self.batch_size, self.num_workers, trainer, sampler)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 images -> normalised float32, on the device the batch is on."""
+        return self._normaliser(batch)
 
 
 def predict_unlabeled(
@@ -87,7 +92,7 @@ def predict_unlabeled(
     root: Path,
     files: list[str],
     batch_size: int,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
 ) -> None:
     """``trainer.predict`` of ``module`` over the images ``root / files`` (the module's own eval
     transform; every image once over all processes). Nothing is returned
