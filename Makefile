@@ -1,5 +1,6 @@
 # Thin wrappers over the `elta` command line (the real interface). Each target installs first.
 #   make train DATASET=para METHOD=elta GPUS=4 DATA_ROOT=/data/PARA ARGS="optim.lr=1e-4"
+#   make train DATASET=para METHOD=elta GPUS=4 DATA_ROOT=/data/PARA RESUME=1   # continue it
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,6 +13,8 @@ GPUS ?=
 NODES ?= 1
 DATA_ROOT ?=
 ARGS ?=
+# RESUME=1: continue the newest unfinished run of DATASET and METHOD (elta train resume=last)
+RESUME ?=
 TEST_ENV := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 
 DATA_ARGS := dataset=$(DATASET) $(if $(DATA_ROOT),data.root=$(DATA_ROOT)) \
@@ -33,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 train: install
-	$(BIN)/elta train $(RUN_ARGS)
+	$(BIN)/elta train $(RUN_ARGS) $(if $(filter-out 0,$(RESUME)),resume=last)
 
 selftrain: install
 	$(BIN)/elta self-train $(RUN_ARGS)

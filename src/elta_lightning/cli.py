@@ -35,6 +35,14 @@ method.parts and to the method's name), then dotted keys. Examples:
   elta train method=lds parts=tfa              # LDS weights + ELTA's feature mixup
   elta train --print-config method=elta        # show the resolved config and exit
 
+Resume: `elta train <same words> resume=last` continues the newest unfinished run of that data
+set and method under runs_dir; `elta train resume=runs/<dataset>/<method>/<run id>` continues
+that run with its own config (key=value words given too are changes, refused without --force).
+Either continues from checkpoints/last.ckpt (written at each epoch end and every
+trainer.checkpoint_every_n_steps steps) in the same folder and W&B run. SIGTERM and SIGUSR1
+stop a run with a checkpoint (exit code 128 + signal); under SLURM, SIGUSR1 (sbatch
+--signal=USR1@120) requeues the job, and the requeued job resumes its run by itself.
+
 ELTA's temperatures (method.tfa.tau1, method.tfa.tau2, method.apds.beta) act on mean scores on
 the common 0..10 scale (AVA and TAD66K as they are, AADB x10, PARA x2), for every data set and
 both heads, so one value means the same thing everywhere. Every key and its meaning:
@@ -100,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("overrides", nargs="*", metavar="key=value")
     train.add_argument("--print-config", action="store_true", help="print the config and exit")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="resume even if the config differs from the run's (its new values win) or the "
+        "run's status says another process on this machine still trains it",
+    )
 
     test = commands.add_parser("test", help="evaluate a checkpoint on its data set's test split")
     test.add_argument("checkpoint")
@@ -209,14 +223,18 @@ def _log_to_stderr() -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    cfg = load_config(args.overrides)
+    from elta_lightning.runs import load_train_config
+
+    cfg = load_train_config(args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return
     from elta_lightning.run import train
     from elta_lightning.runs import write_summary
 
-    result = train(cfg)
+    result = train(cfg, force=args.force)
+    if result.already_finished:
+        print(f"{result.run_dir} is finished already: nothing to resume")
     write_summary(f"{cfg.data.name} / {cfg.method.name}", result)
 
 
@@ -321,10 +339,16 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``elta`` console script; returns the exit code."""
+    from elta_lightning.resume import RunInterrupted
+
     args = _parser().parse_args(argv)
     _log_to_stderr()
     try:
         COMMANDS[args.command](args)
+    except RunInterrupted as stop:
+        folder = stop.run_dir or "<run folder>"
+        print(f"elta: run {stop}; continue it: elta train resume={folder}", file=sys.stderr)
+        return int(stop.code)
     except (ConfigError, MisconfigurationException) as error:
         print(f"elta: configuration error: {error}", file=sys.stderr)
         print(

@@ -15,9 +15,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from elta_lightning.comparison import ComparisonReport, compare_runs
-from elta_lightning.config import ConfigError, load_config, to_yaml
+from elta_lightning.config import ConfigError, load_config
 from elta_lightning.run import train
-from elta_lightning.runs import run_dir_for
+from elta_lightning.runs import config_changes, is_finished_run, run_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _cell(value: float) -> str:
 
 
 #: Config keys in which the runs of one comparison differ by design (the rest is the budget).
-PER_RUN_KEYS = ("seed", "run_id", "runs_dir", "logger")
+PER_RUN_KEYS = ("seed", "run_id", "runs_dir", "logger", "resume")
 
 
 def train_and_compare(
@@ -79,8 +79,10 @@ def train_and_compare(
     The runs of one comparison share a name derived from the budget (``cmp-<hash>``), used as
     their W&B group and in their run ids (``cmp-<hash>-seed<k>``), so calling again with the
     same arguments finds them: a finished run (``metrics.json`` written) with the same config is
-    skipped, an unfinished one is trained again from scratch, and a finished one whose config
-    differs (e.g. an edited recipe) is an error naming the keys, never silently overwritten.
+    skipped, an unfinished one with the same config is resumed from its last checkpoint
+    (``resume=<its folder>``; one of another config is trained again from scratch), and a
+    finished one whose config differs (e.g. an edited recipe) is an error naming the keys,
+    never silently overwritten.
     """
     if not methods or seeds < 1:
         raise ConfigError(f"need at least one method and one seed; got {list(methods)}, {seeds}")
@@ -103,6 +105,9 @@ def train_and_compare(
             run_dir = run_dir_for(cfg)
             if is_finished(run_dir, cfg):
                 log.info("compare: %s is finished with this config: skipped", run_dir)
+            elif (run_dir / "config.yaml").is_file():
+                log.warning("compare: %s is unfinished: resuming it", run_dir)
+                train(OmegaConf.merge(cfg, {"resume": str(run_dir)}), run_dir=run_dir)
             else:
                 train(cfg, run_dir=run_dir)
             run_dirs.append(str(run_dir))
@@ -122,15 +127,20 @@ def comparison_name(base: DictConfig) -> str:
 
 def is_finished(run_dir: Path, cfg: DictConfig) -> bool:
     """True if ``run_dir`` holds a finished run of ``cfg``; False if there is none or an
-    unfinished one (then removed, to train again). A finished run of another config raises."""
+    unfinished one (which :func:`train_and_compare` resumes; one of another config is removed,
+    to train again). A finished run of another config raises."""
     if not (run_dir / "config.yaml").is_file():
         return False
-    stored = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
-    wanted = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))  # as a run folder keeps it
-    changed = sorted(differing_keys(stored, wanted))
-    if not (run_dir / "metrics.json").is_file():
-        log.warning("compare: %s is unfinished: training it again from scratch", run_dir)
-        clear_run_folder(run_dir)
+    changed = config_changes(run_dir, cfg)
+    if not is_finished_run(run_dir):
+        if changed:
+            log.warning(
+                "compare: %s is unfinished and of another config (%s): training it again "
+                "from scratch",
+                run_dir,
+                changed[:8],
+            )
+            clear_run_folder(run_dir)
         return False
     if changed:
         raise ConfigError(
@@ -144,16 +154,3 @@ def is_finished(run_dir: Path, cfg: DictConfig) -> bool:
 def clear_run_folder(run_dir: Path) -> None:
     """Remove an unfinished run's folder (rank 0; the others only read it)."""
     shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def differing_keys(first: dict, second: dict, prefix: str = "") -> set[str]:
-    """Dotted keys whose values differ between two nested dicts (present in only one counts)."""
-    keys = set()
-    for key in set(first) | set(second):
-        path = f"{prefix}{key}"
-        a, b = first.get(key), second.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys |= differing_keys(a, b, f"{path}.")
-        elif a != b:
-            keys.add(path)
-    return keys

@@ -232,6 +232,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     deterministic: bool = False
     enable_progress_bar: bool = True
+    # also write checkpoints/last.ckpt every N training steps (besides each epoch's end), so a
+    # killed or preempted run loses at most N steps; null: at epoch ends only
+    checkpoint_every_n_steps: int | None = 1000
 
 
 @dataclass
@@ -255,6 +258,9 @@ class RunConfig:
     run_id: str | None = None
     stage: Literal["train", "rrt"] = "train"  # rrt: re-train the head on a frozen backbone
     init_from: str | None = None  # checkpoint whose weights start the run (rrt: required)
+    # continue an unfinished run from its last checkpoint, in its folder and W&B run: ``last``
+    # (the newest unfinished run of this data set and method under runs_dir) or a run folder
+    resume: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -365,6 +371,7 @@ def validate(cfg: DictConfig) -> None:
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"missing mandatory value(s): {sorted(missing)}")
+    every = cfg.trainer.checkpoint_every_n_steps
     checks = [
         ("data.batch_size", cfg.data.batch_size >= 2, "at least 2"),
         ("data.num_workers", cfg.data.num_workers is None or cfg.data.num_workers >= 0, ">= 0"),
@@ -376,6 +383,7 @@ def validate(cfg: DictConfig) -> None:
         ("method.apds.threshold", 0 < cfg.method.apds.threshold < 1, "in (0, 1)"),
         ("trainer.devices", cfg.trainer.devices >= 1, ">= 1"),
         ("trainer.max_epochs", cfg.trainer.max_epochs >= 1, ">= 1"),
+        ("trainer.checkpoint_every_n_steps", every is None or every >= 1, ">= 1 or null"),
     ]
     for key, ok, expected in checks:
         if not ok:

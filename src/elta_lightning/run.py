@@ -1,11 +1,13 @@
 """Builds and runs one experiment: DataModule, IAAModule with its parts, W&B logger, Trainer;
-train (fit, select the best epoch by val SRCC, test it) and evaluate a checkpoint. Run folders
-are :mod:`elta_lightning.runs`, W&B :mod:`elta_lightning.tracking`, checkpoint files
-:mod:`elta_lightning.checkpoints`."""
+train (fit, select the best epoch by val SRCC, test it; or continue an unfinished run) and
+evaluate a checkpoint. Run folders are :mod:`elta_lightning.runs`, W&B
+:mod:`elta_lightning.tracking`, checkpoint files :mod:`elta_lightning.checkpoints`, what an exact
+resume and a clean stop on a signal need :mod:`elta_lightning.resume`."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from elta_lightning.callbacks.divergence import DivergenceGuard
@@ -24,9 +28,17 @@ from elta_lightning.datamodules.base import IAADataModule
 from elta_lightning.label_stats import LabelStats
 from elta_lightning.models.module import IAAModule, scale_hparams
 from elta_lightning.parts import views_needed
+from elta_lightning.resume import (
+    AtomicCheckpointIO,
+    Preemption,
+    ResumableOrder,
+    TrainingState,
+    remove_partial_writes,
+)
 from elta_lightning.runs import (
     RunResult,
-    run_dir_for,
+    plan_run,
+    read_metrics,
     write_config,
     write_run_files,
     write_status,
@@ -45,6 +57,7 @@ def build_trainer(
     distributed = t.devices > 1 or t.num_nodes > 1
     strategy = "ddp" if distributed and t.strategy == "auto" else t.strategy
     return pl.Trainer(
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
@@ -85,15 +98,17 @@ def label_stats_of(cfg: DictConfig, datamodule: IAADataModule) -> LabelStats:
     )
 
 
-def build_module(cfg: DictConfig, datamodule: IAADataModule) -> IAAModule:
-    """The model for ``cfg`` with its parts; label statistics come from the training labels."""
+def build_module(cfg: DictConfig, datamodule: IAADataModule, restoring: bool = False) -> IAAModule:
+    """The model for ``cfg`` with its parts; label statistics come from the training labels.
+    ``restoring``: a checkpoint of this run will overwrite the weights (no pretrained weights
+    or ``init_from`` are read)."""
     module = IAAModule(
         config=OmegaConf.to_container(cfg, resolve=True),
         scale=scale_hparams(model_scale(datamodule)),
         label_stats=label_stats_of(cfg, datamodule).hparams(),
-        load_pretrained=cfg.init_from is None,
+        load_pretrained=cfg.init_from is None and not restoring,
     )
-    if cfg.init_from:
+    if cfg.init_from and not restoring:
         load_weights(module, cfg.init_from)
     if cfg.stage == "rrt":
         module.freeze_backbone()
@@ -106,24 +121,70 @@ def train(
     run_dir: Path | None = None,
     datamodule: IAADataModule | None = None,
     callbacks: Sequence[pl.Callback] = (),
+    force: bool = False,
 ) -> RunResult:
     """Fit on train, select the best epoch by val SRCC, test that checkpoint, write the run.
 
     ``run_dir``: write there instead of ``runs/<dataset>/<method>/<run id>``; ``datamodule``: use
     it instead of the one ``cfg.data`` names (e.g. with extra training rows: self-training);
     ``callbacks``: more Lightning callbacks for this run's Trainer (e.g. a local sweep's pruning
-    callback, :mod:`elta_lightning.sweeps`)."""
+    callback, :mod:`elta_lightning.sweeps`).
+
+    ``cfg.resume`` (``last`` or a run folder), or a job its scheduler requeued, continues an
+    unfinished run from ``checkpoints/last.ckpt`` in its folder and W&B run, with the same
+    results as an uninterrupted run (:mod:`elta_lightning.resume`); a run that is finished
+    already is not run again (``already_finished`` in the result); a config that differs from
+    the run's is refused unless ``force`` (:func:`~elta_lightning.runs.plan_run`).
+
+    SIGTERM or SIGUSR1 stop the run at the next batch boundary with ``last.ckpt`` written and
+    raise :class:`~elta_lightning.resume.RunInterrupted` (a ``SystemExit``, code 128 + signal);
+    ``status.json`` then says ``interrupted``, the signal and the checkpoint."""
+    plan = plan_run(cfg, run_dir, force)
+    run_dir = plan.run_dir
+    if plan.finished:
+        log.warning("%s is finished (metrics.json written): nothing to resume", run_dir)
+        return RunResult(run_dir=run_dir, metrics=read_metrics(run_dir), already_finished=True)
+    if plan.changed:
+        log.warning("resuming %s with changed keys (--force): %s", run_dir, list(plan.changed))
+    if plan.resumed:
+        where = plan.checkpoint or "the start (no checkpoint yet)"
+        log.warning("resuming %s from %s", run_dir, where)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = run_dir or run_dir_for(cfg)
     write_config(run_dir, cfg)
-    write_status(run_dir, "running")
+    details = {"resumed_from": plan.checkpoint} if plan.resumed else {}
+    if plan.changed:
+        details["changed_keys"] = list(plan.changed)
+    if plan.resumed:
+        _remove_partial_writes(run_dir / "checkpoints")
+    write_status(run_dir, "running", **details)
+    preemption = Preemption(run_dir / "checkpoints" / "last.ckpt")
     try:
-        metrics = _fit_and_test(cfg, run_dir, datamodule, callbacks)
-    except BaseException as error:  # interrupted runs say so too
+        with preemption.handling():
+            metrics = _fit_and_test(
+                cfg, run_dir, datamodule, callbacks, plan.checkpoint, preemption
+            )
+    except SIGTERMException as error:  # a signal: checkpoint saved where there was a step
+        interrupted = preemption.interrupted(error)
+        interrupted.run_dir = run_dir
+        write_status(
+            run_dir,
+            "interrupted",
+            interrupted,
+            signal=interrupted.signal_name,
+            checkpoint=interrupted.checkpoint,
+        )
+        raise interrupted from error
+    except BaseException as error:  # other interruptions say so too
         write_status(run_dir, "failed", error)
         raise
     write_status(run_dir, "finished")
-    return RunResult(run_dir=run_dir, metrics=metrics)
+    return RunResult(run_dir=run_dir, metrics=metrics, resumed_from=plan.checkpoint)
+
+
+@rank_zero_only
+def _remove_partial_writes(folder: Path) -> None:
+    for path in remove_partial_writes(folder):
+        log.warning("removed %s (a checkpoint write the kill interrupted)", path)
 
 
 def _fit_and_test(
@@ -131,13 +192,18 @@ def _fit_and_test(
     run_dir: Path,
     datamodule: IAADataModule | None,
     callbacks: Sequence[pl.Callback],
+    resume_from: Path | None = None,
+    preemption: Preemption | None = None,
 ) -> dict[str, float]:
-    """The body of :func:`train`: fit, test the best checkpoint, log and write the run files."""
+    """The body of :func:`train`: fit (from ``resume_from`` when given), test the best
+    checkpoint, log and write the run files."""
     datamodule = datamodule or build_datamodule(cfg.data)
     datamodule.train_views = views_needed(list(cfg.method.parts))
     datamodule.prepare_data()
     datamodule.setup("fit")
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule, restoring=resume_from is not None)
+    order = ResumableOrder(cfg.seed)
+    order.install(datamodule)
     checkpoints = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(
         dirpath=str(checkpoints),
@@ -146,14 +212,33 @@ def _fit_and_test(
         mode="max",
         save_last=True,
         auto_insert_metric_name=False,
+        enable_version_counter=False,  # one best.ckpt and one last.ckpt, also after a resume
     )
+    state = TrainingState(order, checkpoints / "last.ckpt", cfg.trainer.checkpoint_every_n_steps)
     guard = DivergenceGuard(cfg.trainer.log_every_n_steps, checkpoints)
     logger = build_logger(cfg, run_dir)
     meter = ResourceMeter()
-    trainer = build_trainer(cfg, run_dir, logger, [checkpoint, guard, meter, *callbacks])
-    trainer.fit(module, datamodule=datamodule)
+    extra = [preemption] if preemption is not None else []
+    trainer = build_trainer(
+        cfg, run_dir, logger, [checkpoint, state, *extra, guard, meter, *callbacks]
+    )
+    if preemption is not None:
+        preemption.attach(trainer)
+    with warnings.catch_warnings():
+        # ResumableOrder makes the loader resumable (resume.py); a resumed run's folder has files
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
+        if resume_from is not None:
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+        trainer.fit(
+            module,
+            datamodule=datamodule,
+            ckpt_path=str(resume_from) if resume_from is not None else None,
+        )
+    if preemption is not None:
+        preemption.stop_after_fit(trainer)
     best_val = float(module.val_srcc_best.compute())
-    trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)
+    best = checkpoint.best_model_path or "best"
+    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics = {**module.test_results, "val/srcc_best": best_val, **meter.summary()}
     if logger is not None and trainer.is_global_zero:
         log_test_results(logger, metrics, module, datamodule)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import math
 import netrc
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from elta_lightning.datamodules.base import IAADataModule
@@ -95,14 +97,35 @@ def run_group(cfg: DictConfig) -> str:
     return cfg.logger.group or cfg.data.name
 
 
+#: File in a run folder holding its W&B run id, so a resumed run logs into the same W&B run.
+WANDB_ID_FILE = "wandb_id"
+
+
+def wandb_run_id(run_dir: Path) -> str | None:
+    """The W&B run id of the run in ``run_dir``: the one stored in its folder, else a new one,
+    stored there (by rank 0; other processes log nothing, and get None when it is not there)."""
+    path = Path(run_dir) / WANDB_ID_FILE
+    if path.is_file():
+        return path.read_text().strip() or None
+    if rank_zero_only.rank != 0:
+        return None
+    run_id = secrets.token_hex(4)  # W&B's own ids are 8 characters of [0-9a-z]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
 def build_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger | None:
     """W&B through Lightning (rank 0 only): group = ``logger.group`` or the data set, tags =
     method, parts and seed, the config of :func:`run_config`, summaries of
-    :func:`define_summaries`. ``None`` when W&B is disabled."""
+    :func:`define_summaries`. The W&B run id is kept in the run folder (:func:`wandb_run_id`):
+    a resumed run continues its W&B run (WandbLogger resumes with ``resume="allow"``).
+    ``None`` when W&B is disabled."""
     mode = wandb_mode(cfg.logger.mode)
     if mode == "disabled":
         return None
     logger = WandbLogger(
+        id=wandb_run_id(run_dir),
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         name=f"{cfg.data.name}/{cfg.method.name}/{run_dir.name}",

@@ -21,19 +21,23 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class ResourceMeter(pl.Callback):
-    """Times every training epoch (validation excluded) and reads the peak memory at the end of
-    the fit; :meth:`summary` gives the mean epoch time and the peak, on this process."""
+    """Times every whole training epoch (validation excluded; an epoch resumed mid-way is not
+    counted) and reads the peak memory at the end of the fit; :meth:`summary` gives the mean
+    epoch time and the peak, on this process."""
 
     def __init__(self) -> None:
         self.epoch_times: list[float] = []
         self.peak_mb = float("nan")
-        self._started = 0.0
+        self._started: float | None = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epoch_times.append(time.perf_counter() - self._started)
+        # an epoch resumed mid-way has no start here (Lightning skips the hook): not counted
+        if self._started is not None:
+            self.epoch_times.append(time.perf_counter() - self._started)
+        self._started = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.peak_mb = peak_memory_mb(pl_module.device)

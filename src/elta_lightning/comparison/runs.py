@@ -123,8 +123,11 @@ def skip_reason(folder: Path) -> str:
     status = read_status(folder)
     if status["status"] == "failed":
         return f"failed: {status.get('error', 'no error recorded')}"
+    if status["status"] == "interrupted":
+        signal = status.get("signal", "a signal")
+        return f"interrupted by {signal}: continue it with `elta train resume={folder}`"
     if status["status"] == "running":
-        return "unfinished (still running, or killed)"
+        return f"unfinished (still running, or killed): `elta train resume={folder}` continues it"
     return "unfinished or failed: no metrics.json"
 
 

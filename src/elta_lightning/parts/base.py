@@ -23,6 +23,7 @@ optimiser (a part may ask for its own learning rate with :meth:`Part.param_group
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,10 +32,13 @@ import torch
 from torch import nn
 
 from elta_lightning.label_stats import LabelStats
+from elta_lightning.resume import per_rank, rank_entry
 from elta_lightning.scales import ScoreScale
 
 if TYPE_CHECKING:
     from elta_lightning.models.module import IAAModule
+
+log = logging.getLogger(__name__)
 
 #: Generator seed = stream * STREAM_STRIDE + seed * RANK_STRIDE + global rank (stream 0, TFA's,
 #: keeps the seeds of earlier versions).
@@ -102,20 +106,56 @@ class Part(pl.Callback):
         self.context = context
         self.state: nn.Module | None = None
         self._generator: torch.Generator | None = None
+        # the generator state a checkpoint held, applied when the generator is next created
+        self._restored: dict[str, Any] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._generator = None  # each fit starts the seeded stream afresh
+        # each fit starts the seeded stream afresh, or where a resumed checkpoint left it
+        # (Lightning restores callback states, :meth:`load_state_dict`, before this hook)
+        self._generator = None
 
     def generator(self, device: torch.device, rank: int) -> torch.Generator:
         """The part's random generator on ``device``, seeded from the run's seed, the part's
         :attr:`random_stream` and the process's rank (``rank`` 0 on every process gives them all
-        the same draws): the same seed repeats a run, DDP processes draw differently."""
+        the same draws): the same seed repeats a run, DDP processes draw differently. Created
+        on first use, on the device of the tensors it draws for; after a resume it continues
+        from the state the checkpoint holds (:meth:`state_dict`)."""
         if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device)
+            generator = torch.Generator(device=device)
             stream = self.random_stream * STREAM_STRIDE
             seed = stream + self.context.seed * RANK_STRIDE + rank
-            self._generator.manual_seed(seed)
+            generator.manual_seed(seed)
+            restored, self._restored = self._restored, None
+            if restored is not None:
+                if restored["device"] == device.type:
+                    generator.set_state(restored["state"])
+                else:
+                    log.warning(
+                        "part %s: its random stream was saved on %s and resumes on %s: it "
+                        "starts again from the seed",
+                        self.name,
+                        restored["device"],
+                        device.type,
+                    )
+            self._generator = generator
         return self._generator
+
+    # ----- checkpoints (Lightning callback state, under :attr:`state_key`) -----------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The position of the part's random stream in every process (a collective under DDP,
+        as every process saves checkpoints together); empty for a part that has drawn nothing.
+        The generator lives on the device, its state is a CPU tensor."""
+        if self._generator is not None:
+            local = {"state": self._generator.get_state(), "device": self._generator.device.type}
+        else:
+            local = self._restored  # resumed, not drawn from since: keep the saved position
+        entries = per_rank(local)
+        return {"generator": entries} if any(e is not None for e in entries) else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue this process's random stream from a checkpoint (:meth:`state_dict`)."""
+        self._restored = rank_entry(state_dict.get("generator"), f"part {self.name}'s stream")
+        self._generator = None
 
     @property
     def state_key(self) -> str:
