@@ -14,7 +14,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["emd_loss", "emd_per_sample", "l1_loss", "mean_score", "mse_loss", "weighted_mean"]
+__all__ = [
+    "EMD_FORMS",
+    "emd_batch_rms",
+    "emd_loss",
+    "emd_per_sample",
+    "l1_loss",
+    "mean_score",
+    "mse_loss",
+    "weighted_mean",
+]
+
+#: The two EMD training losses (``loss.emd``): NIMA's mean of per-sample EMD_r, and the ELTA
+#: authors' code's one root-mean over the whole batch (:func:`emd_batch_rms`).
+EMD_FORMS = ("per_sample", "batch_rms")
 
 
 def _check_batch_weight(losses: Tensor, weight: Tensor | None) -> None:
@@ -81,6 +94,36 @@ def emd_loss(pred: Tensor, target: Tensor, r: int = 2, weight: Tensor | None = N
         tensor(0.1225)
     """
     return weighted_mean(emd_per_sample(pred, target, r=r), weight)
+
+
+def emd_batch_rms(pred: Tensor, target: Tensor, r: int = 2, weight: Tensor | None = None) -> Tensor:
+    r"""The ELTA authors' EMD loss: ONE r-th-power mean over the whole batch and all bins.
+
+    .. math:: L = \Big(\frac{1}{B K}\sum_{i=1}^{B}\sum_{k=1}^{K}|\mathrm{CDF}_{p_i}(k)
+              - \mathrm{CDF}_{q_i}(k)|^r\Big)^{1/r}
+              = \Big(\frac{1}{B}\sum_i \mathrm{EMD}_r(p_i, q_i)^r\Big)^{1/r}
+
+    (their code: ``torch.sqrt(torch.mean((cdf_p - cdf_q) ** 2))`` over the (B, K) batch, r = 2).
+    With per-sample ``weight`` the mean over samples is ``sum_i w_i (.) / sum_i w_i``. Unlike
+    :func:`emd_loss` (the mean of per-sample distances), its gradient weights each sample by
+    its own distance relative to the batch's (``EMD_i^(r-1) / L^(r-1)``): hard samples count
+    more. Computed as a vector norm, so the gradient is 0 (not NaN) where every distance is 0.
+
+    Example:
+        >>> p = torch.tensor([[0.2, 0.5, 0.3], [0.5, 0.5, 0.0]])
+        >>> q = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]])
+        >>> emd_batch_rms(p, q, r=2)  # sqrt((0.3^2 + 0.3^2 + 0 + 0 + 0 + 0) / 6) = sqrt(0.03)
+        tensor(0.1732)
+    """
+    per_sample = emd_per_sample(pred, target, r=r)  # validates shapes and r
+    _check_batch_weight(per_sample, weight)
+    if weight is None:
+        share = torch.full_like(per_sample, 1.0 / per_sample.shape[0])
+    else:
+        weight = weight.to(per_sample.dtype)
+        share = weight / weight.sum()
+    # (sum_i share_i * EMD_i^r)^(1/r) = || share_i^(1/r) * EMD_i ||_r (finite gradient at 0)
+    return torch.linalg.vector_norm(share ** (1.0 / r) * per_sample, ord=r)
 
 
 def _per_sample(errors: Tensor) -> Tensor:

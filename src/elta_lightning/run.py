@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -64,7 +65,7 @@ def build_trainer(
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=strategy,
-        precision=t.precision,
+        precision=resolve_precision(t.precision, t.accelerator),
         gradient_clip_val=t.gradient_clip_val,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
@@ -73,8 +74,23 @@ def build_trainer(
         enable_progress_bar=t.enable_progress_bar,
         use_distributed_sampler=False,
         logger=logger if logger is not None else False,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *progress_bar(t.enable_progress_bar, t.log_every_n_steps)],
     )
+
+
+def progress_bar(enabled: bool, every: int) -> list[pl.Callback]:
+    """The progress bar, refreshed every ``every`` steps: each refresh reads the logged loss on
+    the host (a device sync), so not every step."""
+    return [TQDMProgressBar(refresh_rate=every)] if enabled else []
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16-mixed where the run will use a GPU that supports bf16 (Ampere and later),
+    32-true otherwise (CPU, older GPUs); anything else as given."""
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def model_scale(datamodule: IAADataModule) -> ScoreScale:

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from elta_lightning.losses import (
+    EMD_FORMS,
+    emd_batch_rms,
     emd_loss,
     emd_per_sample,
     l1_loss,
@@ -103,6 +105,142 @@ def test_emd_shape_and_order_errors():
         emd_per_sample(P[0], Q[0])
     with pytest.raises(ValueError, match="r must be"):
         emd_per_sample(P, Q, r=0)
+
+
+# ----- the ELTA code's batch-RMS EMD (loss.emd=batch_rms) ----------------------------------
+def authors_emd(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """ELTA 1.0's loss, as written in their code: one RMS over the (B, K) batch."""
+    return torch.sqrt(torch.mean((torch.cumsum(p, dim=1) - torch.cumsum(q, dim=1)) ** 2))
+
+
+def test_emd_batch_rms_hand_value_and_authors_formula():
+    # sqrt((0.09 + 0.09 + 0 + 1 + 1 + 0) / 6) = sqrt(2.18 / 6) = 0.602771
+    expected = math.sqrt(2.18 / 6)
+    torch.testing.assert_close(emd_batch_rms(P, Q, r=2), torch.tensor(expected))
+    torch.testing.assert_close(emd_batch_rms(P, Q), authors_emd(P, Q))
+    # = sqrt(mean_i EMD_2(i)^2), and above the mean of per-sample EMDs (Jensen) unless equal
+    torch.testing.assert_close(
+        emd_batch_rms(P, Q), torch.tensor(math.sqrt((EMD2[0] ** 2 + EMD2[1] ** 2) / 2))
+    )
+    assert emd_batch_rms(P, Q).item() > emd_loss(P, Q).item() + 0.05
+    # one sample: both forms are the same number
+    torch.testing.assert_close(emd_batch_rms(P[:1], Q[:1]), emd_loss(P[:1], Q[:1]))
+    assert EMD_FORMS == ("per_sample", "batch_rms")
+
+
+def test_emd_batch_rms_random_batches_match_authors_code():
+    gen = torch.Generator().manual_seed(3)
+    for batch in (2, 5, 32):
+        p = torch.softmax(torch.randn(batch, 10, generator=gen), dim=1)
+        q = torch.softmax(torch.randn(batch, 10, generator=gen), dim=1)
+        torch.testing.assert_close(emd_batch_rms(p, q), authors_emd(p, q))
+
+
+def test_emd_batch_rms_other_orders():
+    # r = 1: the mean over samples and bins of |d| = (0.3 + 0.3 + 1 + 1) / 6
+    torch.testing.assert_close(emd_batch_rms(P, Q, r=1), torch.tensor(2.6 / 6))
+    torch.testing.assert_close(emd_batch_rms(P, Q, r=1), emd_loss(P, Q, r=1))
+    # r = 3: (mean of |d|^3)^(1/3) = ((0.027 * 2 + 2) / 6)^(1/3)
+    torch.testing.assert_close(emd_batch_rms(P, Q, r=3), torch.tensor((2.054 / 6) ** (1 / 3)))
+
+
+def test_emd_batch_rms_weighted():
+    # weights (1, 3): sqrt((1 * 0.06 + 3 * 2/3) / 4); uniform weights == unweighted
+    w = torch.tensor([1.0, 3.0])
+    expected = math.sqrt((0.06 + 3 * (2 / 3)) / 4)
+    torch.testing.assert_close(emd_batch_rms(P, Q, weight=w), torch.tensor(expected))
+    torch.testing.assert_close(
+        emd_batch_rms(P, Q, weight=torch.full((2,), 5.0)), emd_batch_rms(P, Q)
+    )
+    # weight 0 drops a sample
+    torch.testing.assert_close(
+        emd_batch_rms(P, Q, weight=torch.tensor([0.0, 2.0])), torch.tensor(EMD2[1])
+    )
+    with pytest.raises(ValueError, match="one value per sample"):
+        emd_batch_rms(P, Q, weight=torch.ones(3))
+
+
+def test_emd_batch_rms_gradient_weights_samples_by_their_distance():
+    # d L / d EMD_i = EMD_i / (B L) for L = sqrt(mean_i EMD_i^2); the per-sample mean gives 1/B
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 10, generator=gen, dtype=torch.float64)
+    target = torch.softmax(torch.randn(4, 10, generator=gen, dtype=torch.float64), dim=1)
+    per = emd_per_sample(torch.softmax(logits, dim=1), target).detach()
+    x = logits.clone().requires_grad_(True)
+    emd_batch_rms(torch.softmax(x, dim=1), target).backward()
+    expected = torch.zeros_like(logits)
+    for i in range(4):
+        xi = logits.clone().requires_grad_(True)
+        emd_per_sample(torch.softmax(xi, dim=1), target)[i].backward()
+        expected += xi.grad * per[i] / (4 * torch.sqrt((per**2).mean()))
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_emd_batch_rms_gradcheck_and_finite_gradient_at_zero_distance():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.softmax(torch.randn(4, 5, generator=gen, dtype=torch.float64), dim=1)
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda x: emd_batch_rms(torch.softmax(x, dim=1), target, weight=weight), (logits,)
+    )
+    p = target.clone().requires_grad_(True)
+    loss = emd_batch_rms(p, target)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.isfinite(p.grad).all()
+    # one sample at zero distance, the other not: still finite
+    q = torch.stack([target[0], target[1]])
+    p = torch.stack([target[0], target[2]]).requires_grad_(True)
+    emd_batch_rms(p, q).backward()
+    assert torch.isfinite(p.grad).all()
+
+
+def test_module_task_loss_follows_loss_emd():
+    from omegaconf import OmegaConf
+
+    from elta_lightning.config import load_config
+    from elta_lightning.label_stats import LabelStats
+    from elta_lightning.models.module import IAAModule, scale_hparams
+    from elta_lightning.parts import TrainStep
+    from elta_lightning.scales import AVA_SCALE
+
+    gen = torch.Generator().manual_seed(2)
+    output = torch.randn(6, 10, generator=gen)
+    target = torch.softmax(torch.randn(6, 10, generator=gen), dim=1)
+    weights = torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0, 3.0])
+    step = TrainStep(
+        images=torch.zeros(6, 3, 8, 8),
+        features=None,
+        targets=target,
+        scores=target @ torch.arange(1.0, 11.0),
+        weights=weights,
+    )
+    stats = LabelStats.from_scores(step.scores, AVA_SCALE.to_common).hparams()
+    losses = {}
+    for form in ("per_sample", "batch_rms", None):
+        overrides = ["dataset=synthetic", "method=vanilla", "model.backbone=test_convnext"]
+        cfg = OmegaConf.to_container(
+            load_config([*overrides, *([f"loss.emd={form}"] if form else [])]), resolve=True
+        )
+        if form is None:
+            del cfg["loss"]  # a checkpoint written before the option: per_sample
+        module = IAAModule(cfg, scale_hparams(AVA_SCALE), stats, load_pretrained=False)
+        assert module.head_kind == "distribution"
+        losses[form] = module.task_loss(output, step)
+    probs = output.softmax(dim=1)
+    torch.testing.assert_close(losses["per_sample"], emd_loss(probs, target, weight=weights))
+    torch.testing.assert_close(losses["batch_rms"], emd_batch_rms(probs, target, weight=weights))
+    torch.testing.assert_close(losses[None], losses["per_sample"])
+    assert load_config(["method=vanilla"]).loss.emd == "per_sample"  # the default
+
+
+def test_config_rejects_unknown_emd_form():
+    from elta_lightning.config import load_config
+    from elta_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="loss.emd"):
+        load_config(["method=vanilla", "loss.emd=rms"])
 
 
 def test_mse_and_l1_hand_values():

@@ -16,6 +16,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from elta_lightning.config import DataConfig, TransformConfig
+from elta_lightning.datamodules import gpu_decode
 from elta_lightning.datamodules.images import ImageDecodeError, load_rgb, load_rgb_array
 from elta_lightning.datamodules.labels import LabelFileError, LabelTable
 from elta_lightning.datamodules.transforms import (
@@ -158,6 +159,8 @@ def make_loader(
     if isinstance(transform, ImageTransform):
         transform.normalise = trainer is None
         collate = collate_images
+        if getattr(dataset, "decode", "cpu") == "gpu" and trainer is not None:
+            collate = gpu_decode.GpuCollate(transform, getattr(dataset, "views", 0))
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -182,8 +185,11 @@ class IAADataset(Dataset):
     same decoded image (two-view methods such as ConR). ``row_dirs``: the image folder of each
     row, for rows from several folders (extra training rows); by default every id is relative
     to ``image_dir``. ``draft_size``: the smallest side the decoder may shrink a JPEG to (by
-    default the transform's resize).
+    default the transform's resize). ``decode="gpu"`` (``data.decode``): while a Trainer
+    drives the loader, ordinary JPEGs are left to the device (:mod:`.gpu_decode`).
     """
+
+    decode: str = "cpu"
 
     def __init__(
         self,
@@ -218,19 +224,20 @@ class IAADataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         folder = self.image_dir if self.row_dirs is None else self.row_dirs[index]
         path = folder / self.table.image_ids[index]
+        jpeg = None
+        if self.decode == "gpu" and gpu_decode.decodes_on_device(self.transform):
+            jpeg = gpu_decode.jpeg_item(path, self.transform, self.views)
         try:
-            image = decode_for(self.transform, path, self.draft_size)
+            image = None if jpeg else decode_for(self.transform, path, self.draft_size)
         except ImageDecodeError as error:
             raise ImageDecodeError(f"{error} (label row {self.table.sources[index]})") from error
-        item = {
-            "image": self.transform(image),
-            "score": self.scores[index],
-            "weight": self.weights[index],
-            "index": torch.tensor(index, dtype=torch.long),
-        }
+        item = jpeg or {"image": self.transform(image)}
+        item["score"] = self.scores[index]
+        item["weight"] = self.weights[index]
+        item["index"] = torch.tensor(index, dtype=torch.long)
         if self.dists is not None:
             item["dist"] = self.dists[index]
-        if self.views:
+        if self.views and not jpeg:
             views = [self.transform(image) for _ in range(self.views)]
             if channels_last_uint8(views[0]):
                 item["views"] = stack_images(views, shared=False)
@@ -314,6 +321,8 @@ class IAADataModule(pl.LightningDataModule):
 
     def __init__(self, cfg: DataConfig) -> None:
         super().__init__()
+        self.decode = getattr(cfg, "decode", "cpu")  # configs saved before data.decode: cpu
+        gpu_decode.check_decode(self.decode)
         self.cfg = cfg
         self.tables: dict[str, LabelTable] = {}
         self.datasets: dict[str, IAADataset] = {}
@@ -353,6 +362,7 @@ class IAADataModule(pl.LightningDataModule):
         for split in ("val", "test"):  # each decodes JPEGs straight to its own resize
             transform = build_transform(self.cfg.transforms, train=False)
             self.datasets[split] = IAADataset(tables[split], self.image_dir, transform)
+            self.datasets[split].decode = self.decode
         train, row_dirs = tables["train"], None
         if self.extra_train:  # e.g. pseudo-labels, each block with its own image folder
             train = LabelTable.concat([train, *(table for table, _ in self.extra_train)])
@@ -362,6 +372,7 @@ class IAADataModule(pl.LightningDataModule):
         self.datasets["train"] = IAADataset(
             train, self.image_dir, transform, None, row_dirs, views=self.train_views
         )
+        self.datasets["train"].decode = self.decode
 
     def add_training_rows(self, table: LabelTable, image_dir: Path) -> None:
         """Extra labelled rows for the train loader only, e.g. the pseudo-labels of a
@@ -441,10 +452,11 @@ class IAADataModule(pl.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 ``image``/``views`` -> normalised float32, on the device the batch is on."""
+        """uint8 ``image``/``views`` -> normalised float32, on the device the batch is on
+        (``data.decode=gpu``: its JPEGs decoded there first, :func:`.gpu_decode.decode_batch`)."""
         if not hasattr(self, "_normaliser"):
             self._normaliser = InputNormaliser(*normalisation(self.cfg.transforms))
-        return self._normaliser(batch)
+        return self._normaliser(gpu_decode.decode_batch(batch))
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]
@@ -465,7 +477,7 @@ class IAADataModule(pl.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 dataset, num_replicas=world, rank=rank, shuffle=False
             )
-        batch = self.cfg.eval_batch_size or self.cfg.batch_size
+        batch = self.cfg.eval_batch_size or 2 * self.cfg.batch_size  # no gradients: larger
         return self._loader(dataset, batch, sampler, shuffle=False, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:

@@ -108,7 +108,25 @@ def _decode_ordinary_jpeg(path: Path, draft_size: int | None, max_pixels: int) -
         data = path.read_bytes()
     except OSError:
         return None  # missing, a folder, unreadable: load_rgb names the problem
-    if not data.startswith(_JPEG_START):
+    size = ordinary_jpeg_size(data, max_pixels)
+    if size is None:
+        return None
+    height, width = size
+    scale = draft_scale(width, height, draft_size)
+    try:  # strict: truncated or corrupt data raises instead of giving grey rows
+        return simplejpeg.decode_jpeg(
+            data, "RGB", min_height=-(-height // scale), min_width=-(-width // scale)
+        )
+    except ValueError:
+        return None
+
+
+def ordinary_jpeg_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | None:
+    """(height, width) of ``data`` where it is an ordinary JPEG that the fast path decodes
+    itself (YCbCr, grey or RGB coded, upright, within ``max_pixels``; simplejpeg installed),
+    else None (the file needs :func:`load_rgb`). Reads the headers only: truncated or corrupt
+    image data shows when it is decoded."""
+    if simplejpeg is None or not data.startswith(_JPEG_START):
         return None
     try:
         height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
@@ -118,13 +136,7 @@ def _decode_ordinary_jpeg(path: Path, draft_size: int | None, max_pixels: int) -
         return None
     if jpeg_orientation(data) != 1:
         return None  # rotated (or unreadable metadata): Pillow applies it
-    scale = draft_scale(width, height, draft_size)
-    try:  # strict: truncated or corrupt data raises instead of giving grey rows
-        return simplejpeg.decode_jpeg(
-            data, "RGB", min_height=-(-height // scale), min_width=-(-width // scale)
-        )
-    except ValueError:
-        return None
+    return height, width
 
 
 def jpeg_orientation(data: bytes) -> int | None:

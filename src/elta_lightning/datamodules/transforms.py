@@ -175,15 +175,24 @@ class ImageTransform:
         return pixels
 
     def _random_crop_flip(self, pixels: torch.Tensor) -> torch.Tensor:
+        top, left, flip = self.draw_crop_flip(pixels.shape[-2], pixels.shape[-1])
+        return self.crop_flip(pixels, top, left, flip)
+
+    def draw_crop_flip(self, height: int, width: int) -> tuple[int, int, bool]:
+        """(top, left, flip) of one random crop of a ``height`` x ``width`` image, drawn from
+        torch's generator as torchvision's v2 transforms draw them. Train transforms only."""
         # v2.RandomCrop: a row offset, then a column offset, each only where there is slack
-        crop, height, width = self.crop, pixels.shape[-2], pixels.shape[-1]
+        crop = self.crop
         top = int(torch.randint(0, height - crop + 1, size=())) if height > crop else 0
         left = int(torch.randint(0, width - crop + 1, size=())) if width > crop else 0
-        pixels = pixels[..., top : top + crop, left : left + crop]
         # v2.RandomHorizontalFlip(p=0.5): flip when a uniform draw is below 0.5
-        if self.hflip and bool(torch.rand(1) < 0.5):
-            pixels = pixels.flip(-1)
-        return pixels
+        flip = self.hflip and bool(torch.rand(1) < 0.5)
+        return top, left, flip
+
+    def crop_flip(self, pixels: torch.Tensor, top: int, left: int, flip: bool) -> torch.Tensor:
+        """The ``crop`` x ``crop`` window of ``pixels`` at (top, left), mirrored if ``flip``."""
+        pixels = pixels[..., top : top + self.crop, left : left + self.crop]
+        return pixels.flip(-1) if flip else pixels
 
     def __repr__(self) -> str:
         crop = f", crop={self.crop}, hflip={self.hflip}" if self.crop is not None else ""

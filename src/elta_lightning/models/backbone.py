@@ -84,10 +84,34 @@ class Backbone(nn.Module):
 
     def __init__(self, name: str, pretrained: str = "none", drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        self.name = name
         self.model = create_backbone(name, pretrained, drop_path_rate)
         self.feature_dim = int(
             getattr(self.model, "head_hidden_size", None) or self.model.num_features
         )
+        self.channels_last = False
+
+    @property
+    def is_convolutional(self) -> bool:
+        """True when the model has 2-D convolutions (channels_last speeds those up on GPUs)."""
+        return any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+
+    def use_channels_last(self) -> None:
+        """Keep weights and inputs in channels_last memory format (same values, faster convs)."""
+        self.model.to(memory_format=torch.channels_last)
+        self.channels_last = True
+
+    def use_grad_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of storing them (timm)."""
+        try:
+            self.model.set_grad_checkpointing(True)
+        except (AttributeError, NotImplementedError, AssertionError) as error:
+            raise ConfigError(
+                f"model.grad_checkpointing: timm's {self.name!r} does not support gradient "
+                f"checkpointing ({type(error).__name__}: {error}); set it to false"
+            ) from error
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.model.forward_head(self.model.forward_features(images), pre_logits=True)

@@ -14,7 +14,7 @@ from torch import nn
 
 from elta_lightning.errors import ConfigError
 from elta_lightning.label_stats import LabelStats
-from elta_lightning.losses import emd_per_sample, mean_score, weighted_mean
+from elta_lightning.losses import emd_batch_rms, emd_per_sample, mean_score, weighted_mean
 from elta_lightning.metrics import IAAMetrics, IndexedCollector, best_so_far
 from elta_lightning.models.backbone import Backbone
 from elta_lightning.models.heads import DistributionHead, ScoreHead
@@ -58,6 +58,10 @@ class IAAModule(pl.LightningModule):
         self.head_kind = resolve_head(model_cfg.head, self.scale)
         pretrained = model_cfg.pretrained if load_pretrained else "none"
         self.backbone = Backbone(model_cfg.backbone, pretrained, model_cfg.drop_path_rate)
+        if model_cfg.get("grad_checkpointing"):
+            self.backbone.use_grad_checkpointing()
+        if model_cfg.get("compile"):
+            self.backbone.compile(backend=model_cfg.get("compile_backend", "inductor"))
         if self.head_kind == "distribution":
             self.head = DistributionHead(
                 self.backbone.feature_dim, self.scale.num_levels, model_cfg.hidden_dim
@@ -91,6 +95,16 @@ class IAAModule(pl.LightningModule):
         self.backbone_frozen = False
         self.test_results: dict[str, float] = {}
         self.test_prediction_table: dict[str, torch.Tensor] = {}
+
+    def on_fit_start(self) -> None:
+        """Speed settings that depend on the device (known once the model is on it):
+        channels_last for convolutional backbones on CUDA (``model.channels_last: null``), or as
+        ``model.channels_last`` says."""
+        wanted = self.cfg.model.get("channels_last")
+        if wanted is None:
+            wanted = self.device.type == "cuda" and self.backbone.is_convolutional
+        if wanted and not self.backbone.channels_last:
+            self.backbone.use_channels_last()
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The long-tail parts: Lightning runs their epoch hooks in every fit of this module."""
@@ -149,8 +163,17 @@ class IAAModule(pl.LightningModule):
         return (output - step.targets).square()
 
     def task_loss(self, output: torch.Tensor, step: TrainStep) -> torch.Tensor:
-        """The weighted mean of :meth:`task_loss_per_sample` over the batch."""
+        """The weighted mean of :meth:`task_loss_per_sample` over the batch; with
+        ``loss.emd=batch_rms`` the distribution head's loss is instead the ELTA code's one RMS
+        over the whole batch (:func:`~elta_lightning.losses.emd_batch_rms`)."""
+        if self.head_kind == "distribution" and self.emd_form == "batch_rms":
+            return emd_batch_rms(output.softmax(dim=-1), step.targets, r=2, weight=step.weights)
         return weighted_mean(self.task_loss_per_sample(output, step), step.weights)
+
+    @property
+    def emd_form(self) -> str:
+        """``loss.emd`` (``per_sample`` for checkpoints written before the option existed)."""
+        return str(OmegaConf.select(self.cfg, "loss.emd", default="per_sample"))
 
     def train_step_of(self, batch: dict[str, torch.Tensor]) -> TrainStep:
         """A training batch as the step that parts transform (targets on the head's terms)."""
@@ -262,7 +285,8 @@ class IAAModule(pl.LightningModule):
             )
         else:
             factory = torch.optim.AdamW if optim.name == "adamw" else torch.optim.Adam
-            optimizer = factory(params, lr=optim.lr, weight_decay=optim.weight_decay)
+            fused = self.device.type == "cuda"  # one kernel per step instead of one per tensor
+            optimizer = factory(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
         if optim.scheduler == "none":
             return optimizer
         if optim.scheduler == "cosine":
