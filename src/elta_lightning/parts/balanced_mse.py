@@ -31,8 +31,7 @@ from elta_lightning.longtail.balanced_mse import (
     fit_label_gmm,
     gai_loss,
 )
-from elta_lightning.parts.base import Part, PartContext, TrainStep
-from elta_lightning.parts.flsa import gather_batch
+from elta_lightning.parts.base import Part, PartContext, TrainStep, gather_batch
 from elta_lightning.parts.registry import register_part
 
 if TYPE_CHECKING:

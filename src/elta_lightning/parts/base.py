@@ -190,3 +190,15 @@ class Part(pl.Callback):
         """Optimiser groups with their own settings (e.g. ``{"params": [...], "lr": 1e-2}``).
         Parameters of :attr:`state` not listed here train with the model's settings."""
         return []
+
+
+def gather_batch(
+    module: IAAModule, features: torch.Tensor, *others: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Features (B, D) and per-sample tensors (B, ...) of every process, concatenated in rank
+    order, with gradient flowing back to each process's own rows; unchanged on one process."""
+    gathered = []
+    for tensor in (features, *others):
+        full = module.all_gather(tensor, sync_grads=True)
+        gathered.append(full.reshape(-1, *tensor.shape[1:]) if full.dim() > tensor.dim() else full)
+    return tuple(gathered)

@@ -19,7 +19,7 @@ import torch
 
 from elta_lightning.elta import flsa_loss
 from elta_lightning.errors import require
-from elta_lightning.parts.base import Part, TrainStep
+from elta_lightning.parts.base import Part, TrainStep, gather_batch
 from elta_lightning.parts.registry import register_part
 
 if TYPE_CHECKING:
@@ -37,18 +37,6 @@ class FLSAConfig:
 
     def __post_init__(self) -> None:
         require(self.weight > 0, "method.flsa.weight", "> 0 (leave flsa out of parts)", self.weight)
-
-
-def gather_batch(
-    module: IAAModule, features: torch.Tensor, *others: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """Features (B, D) and per-sample tensors (B, ...) of every process, concatenated in rank
-    order, with gradient flowing back to each process's own rows; unchanged on one process."""
-    gathered = []
-    for tensor in (features, *others):
-        full = module.all_gather(tensor, sync_grads=True)
-        gathered.append(full.reshape(-1, *tensor.shape[1:]) if full.dim() > tensor.dim() else full)
-    return tuple(gathered)
 
 
 @register_part

@@ -19,8 +19,7 @@ import torch
 
 from elta_lightning.errors import require
 from elta_lightning.longtail.ranksim import dedup_mask, ranksim_loss
-from elta_lightning.parts.base import Part, TrainStep
-from elta_lightning.parts.flsa import gather_batch
+from elta_lightning.parts.base import Part, TrainStep, gather_batch
 from elta_lightning.parts.registry import register_part
 
 if TYPE_CHECKING:
