@@ -47,7 +47,8 @@ def test_help_and_print_config() -> None:
     ],
 )
 def test_bad_configuration_is_a_clear_error_not_a_traceback(args, expected, tmp_path) -> None:
-    result = elta("train", *args, f"runs_dir={tmp_path / 'runs'}")  # nothing under the repo
+    here = [f"runs_dir={tmp_path / 'runs'}", f"data.synthetic.cache_dir={tmp_path / 'cache'}"]
+    result = elta("train", *args, *here)  # nothing written under the repository
     assert result.returncode == 2
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
