@@ -211,12 +211,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CurrentStderr(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (a ``StreamHandler`` keeps the
+    stream of its creation, which a notebook or a test harness may since have closed)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # logging's own contract: report through handleError, never raise
+            self.handleError(record)
+
+
 def _log_to_stderr() -> None:
     """Our INFO messages on stderr (Lightning and W&B keep their own handlers; a root handler
     would print each of their lines twice)."""
     logger = logging.getLogger("elta_lightning")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = CurrentStderr()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -227,6 +238,9 @@ def _train(args: argparse.Namespace) -> None:
 
     cfg = load_train_config(args.overrides)
     if args.print_config:
+        from elta_lightning.distributed import batch_plan
+
+        print(f"# {batch_plan(cfg).describe()}")
         print(to_yaml(cfg), end="")
         return
     from elta_lightning.run import train
@@ -259,18 +273,9 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _self_train(args: argparse.Namespace) -> None:
-    from elta_lightning.selftrain import self_train
+    from elta_lightning.selftrain import self_train, write_self_train_summary
 
-    result = self_train(load_config(args.overrides), args.skip_unreadable)
-    if result.labels_used:
-        print(
-            "NOTE: ORACLE analysis: beta/threshold were chosen with the TRUE labels of "
-            "the unlabeled set (method.apds.oracle=true); not a valid self-training run"
-        )
-    kept = result.report["pseudo_labels"]
-    print(f"== self-training: {result.run_dir} ==")
-    print(f"pseudo-labels: {kept['selected']} of {kept['total']} kept -> {kept['file']}")
-    print(result.table)
+    write_self_train_summary(self_train(load_config(args.overrides), args.skip_unreadable))
 
 
 def _prepare(args: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from elta_lightning.distributed import per_process_batch, world_size_of
 from elta_lightning.errors import ConfigError
 from elta_lightning.label_stats import LabelStatsError, check_binning
 from elta_lightning.parts import (
@@ -124,8 +125,10 @@ class DataConfig:
     image_dir: str | None = None  # folder the image ids are relative to; null: detect under root
     val_split: Literal["standard", "carve"] = "standard"  # carve: val from train, ignore val file
     prepared: str | None = None  # folder written by `elta prepare`: reuse its checks and images
+    # the GLOBAL training batch, split evenly over trainer.devices x trainer.num_nodes processes
+    # (distributed.py): the same optimiser steps and learning rate on any number of GPUs
     batch_size: int = 48
-    eval_batch_size: int | None = None  # null: twice batch_size (evaluation keeps no gradients)
+    eval_batch_size: int | None = None  # global too; null: twice batch_size (no gradients kept)
     # loader processes per device; null: chosen from the machine's cores (datamodules/base.py,
     # loader_settings: accelerators get cores per device - 1, CPU runs none below 8 cores)
     num_workers: int | None = None
@@ -258,6 +261,9 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "auto"  # auto: bf16-mixed on GPUs that support bf16, 32-true otherwise
+    # BatchNorm statistics over the global batch instead of each process's share (one more
+    # all-reduce per BatchNorm layer; backbones with LayerNorm, e.g. Swin or ConvNeXt, have none)
+    sync_batchnorm: bool = False
     gradient_clip_val: float | None = None
     limit_train_batches: float = 1.0
     limit_val_batches: float = 1.0
@@ -407,6 +413,7 @@ def validate(cfg: DictConfig) -> None:
     every = cfg.trainer.checkpoint_every_n_steps
     checks = [
         ("data.batch_size", cfg.data.batch_size >= 2, "at least 2"),
+        ("data.eval_batch_size", (cfg.data.eval_batch_size or 1) >= 1, ">= 1 or null"),
         ("data.num_workers", cfg.data.num_workers is None or cfg.data.num_workers >= 0, ">= 0"),
         ("data.val_fraction", 0 < cfg.data.val_fraction < 1, "in (0, 1)"),
         ("optim.lr", cfg.optim.lr > 0, "> 0"),
@@ -415,12 +422,20 @@ def validate(cfg: DictConfig) -> None:
         ("method.apds.beta", cfg.method.apds.beta >= 0, ">= 0"),
         ("method.apds.threshold", 0 < cfg.method.apds.threshold < 1, "in (0, 1)"),
         ("trainer.devices", cfg.trainer.devices >= 1, ">= 1"),
+        ("trainer.num_nodes", cfg.trainer.num_nodes >= 1, ">= 1"),
         ("trainer.max_epochs", cfg.trainer.max_epochs >= 1, ">= 1"),
         ("trainer.checkpoint_every_n_steps", every is None or every >= 1, ">= 1 or null"),
     ]
     for key, ok, expected in checks:
         if not ok:
             raise ConfigError(f"{key} must be {expected}, got {OmegaConf.select(cfg, key)!r}")
+    world = world_size_of(cfg)
+    if per_process_batch(cfg.data.batch_size, world) < 2:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} is the global batch: over {world} processes "
+            f"that leaves {cfg.data.batch_size // world} per process, and a process needs at least "
+            f"2 (batch statistics, in-batch mixing and pairs): use at least {2 * world}"
+        )
     if cfg.stage == "rrt" and not cfg.init_from:
         raise ConfigError("stage=rrt needs init_from=<checkpoint of a trained model>")
     stats = cfg.data.label_stats

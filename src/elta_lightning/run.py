@@ -21,11 +21,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from elta_lightning.callbacks.divergence import DivergenceGuard
+from elta_lightning.callbacks.failing_rank import StopLaunchedRanks
 from elta_lightning.callbacks.resources import ResourceMeter
 from elta_lightning.checkpoints import CheckpointError, load_checkpoint, load_weights
 from elta_lightning.config import RunConfig, apply_overrides
 from elta_lightning.datamodules import build_datamodule
 from elta_lightning.datamodules.base import IAADataModule
+from elta_lightning.distributed import batch_plan
 from elta_lightning.label_stats import LabelStats
 from elta_lightning.models.module import IAAModule, scale_hparams
 from elta_lightning.parts import views_needed
@@ -41,6 +43,7 @@ from elta_lightning.runs import (
     plan_run,
     read_metrics,
     write_config,
+    write_failure,
     write_run_files,
     write_status,
 )
@@ -66,6 +69,7 @@ def build_trainer(
         num_nodes=t.num_nodes,
         strategy=strategy,
         precision=resolve_precision(t.precision, t.accelerator),
+        sync_batchnorm=t.sync_batchnorm and distributed,
         gradient_clip_val=t.gradient_clip_val,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
@@ -190,8 +194,8 @@ def train(
             checkpoint=interrupted.checkpoint,
         )
         raise interrupted from error
-    except BaseException as error:  # other interruptions say so too
-        write_status(run_dir, "failed", error)
+    except BaseException as error:  # other interruptions say so too, from whichever rank failed
+        write_failure(run_dir, error)
         raise
     write_status(run_dir, "finished")
     return RunResult(run_dir=run_dir, metrics=metrics, resumed_from=plan.checkpoint)
@@ -236,10 +240,15 @@ def _fit_and_test(
     meter = ResourceMeter()
     extra = [preemption] if preemption is not None else []
     trainer = build_trainer(
-        cfg, run_dir, logger, [checkpoint, state, *extra, guard, meter, *callbacks]
+        cfg,
+        run_dir,
+        logger,
+        [checkpoint, state, *extra, guard, meter, StopLaunchedRanks(), *callbacks],
     )
     if preemption is not None:
         preemption.attach(trainer)
+    if trainer.is_global_zero:
+        log.info("%s", batch_plan(cfg, trainer.world_size).describe())
     with warnings.catch_warnings():
         # ResumableOrder makes the loader resumable (resume.py); a resumed run's folder has files
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")

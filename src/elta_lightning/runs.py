@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from elta_lightning.config import ConfigError, RunConfig, apply_overrides, load_config, to_yaml
 from elta_lightning.datamodules.base import IAADataModule
+from elta_lightning.distributed import batch_plan
 from elta_lightning.errors import EltaError
 from elta_lightning.metrics import REGION_NAMES, SHOT_NAMES, region_masks
 from elta_lightning.models.module import IAAModule
@@ -146,10 +147,12 @@ def write_run_files(
     """From rank 0: predictions.csv (image id, true and predicted score, the true score's label
     bin, region low / mid / high and shot many / medium / few, and the image's group where the
     data has one), group_metrics.json (test SRCC per group, e.g. per TAD66K theme),
-    run_notes.json (split sizes, skipped rows, split warnings, label statistics) and, last, so
+    run_notes.json (split sizes, skipped rows, split warnings, label statistics, the batch split
+    over processes and its learning rate) and, last, so
     that its presence marks a finished run, metrics.json."""
     stats = module.label_stats
-    notes = run_notes(datamodule, stats)
+    world = datamodule.trainer.world_size if datamodule.trainer is not None else 1
+    notes = {**run_notes(datamodule, stats), "distributed": batch_plan(module.cfg, world).as_dict()}
     (run_dir / "run_notes.json").write_text(json.dumps(notes, indent=2))
     table = module.test_prediction_table
     index, predicted, target = table["index"], table["pred"], table["target"]
@@ -192,7 +195,35 @@ def write_status(
     """``status.json``: ``running`` (with the host, process id and scheduler job, so a resume
     can tell a live run and a requeued job can find its run), ``finished``, ``failed`` (with
     the error's type and message) or ``interrupted`` (by a signal; ``details`` name it and the
-    checkpoint saved), so a folder says what became of its run; written atomically."""
+    checkpoint saved), so a folder says what became of its run; written atomically by rank 0
+    (a failure on any rank: :func:`write_failure`)."""
+    _write_status_file(run_dir, _status_record(status, error, **details))
+
+
+def write_failure(run_dir: Path, error: BaseException) -> None:
+    """``status.json`` says ``failed`` with the error, from **any** process: the first process
+    whose run fails records its error and rank; the others, which then fail in a collective
+    or are stopped by the launcher, keep that cause instead of writing their consequence."""
+    if read_status(run_dir).get("status") == "failed":
+        return
+    rank = process_rank()
+    details = {"rank": rank} if rank > 0 or distributed_world_size() > 1 else {}
+    _write_status_file(run_dir, _status_record("failed", error, **details))
+
+
+def process_rank() -> int:
+    """This process's global rank (0 outside DDP; set from the launcher's environment)."""
+    return int(rank_zero_only.rank)
+
+
+def distributed_world_size() -> int:
+    """Processes in this run's process group (1 when there is none)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _status_record(status: str, error: BaseException | None, **details: Any) -> dict[str, Any]:
     record: dict[str, Any] = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if status == "running":
         record.update(host=socket.gethostname(), pid=os.getpid())
@@ -203,8 +234,13 @@ def write_status(
         message = str(error).splitlines()[0] if str(error) else ""
         record["error"] = f"{type(error).__name__}: {message}"
     record.update({k: (str(v) if isinstance(v, Path) else v) for k, v in details.items()})
+    return record
+
+
+def _write_status_file(run_dir: Path, record: dict[str, Any]) -> None:
+    """Write atomically (a temporary file per process, then a rename)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    temporary = run_dir / "status.json.tmp"
+    temporary = run_dir / f"status.json.{os.getpid()}.tmp"
     temporary.write_text(json.dumps(record, indent=2))
     os.replace(temporary, run_dir / "status.json")
 

@@ -12,12 +12,18 @@
    ``method.apds.store=sharpened`` as ELTA 2.0) and ``pseudo_labels.json`` (provenance: source
    checkpoint, beta, threshold, counts kept / total, per score region by the training cuts),
    each atomically (temporary file, then ``os.replace``).
-4. Round 2: train again from scratch (as the authors) on the labelled rows plus the kept
-   pseudo-labelled rows; validation, test and region cuts use ground truth only.
+4. Round 2: train again from scratch (as the authors) on the labelled rows plus the
+   pseudo-labelled rows READ BACK from ``pseudo_labels.csv``; validation, test and region cuts
+   use ground truth only.
 5. Report both rounds side by side (printed table, ``selftrain.json``).
 
 Run folder ``runs/<dataset>/<method>/<run id>/``: ``round1/`` (a training run folder; absent with
 ``init_from``), ``pseudo_labels.csv``, ``pseudo_labels.json``, ``round2/``, ``selftrain.json``.
+
+Under DDP every process runs this flow with the same run folder: each predicts its own share of
+the unlabeled images (every image once over all processes), the gathered logits give every
+process the same selection, rank 0 alone writes the files, and after a barrier every process
+reads ``pseudo_labels.csv``, so round 2 trains on the rows of the file on every process.
 
 Documented behaviour for bad input: a model without the distribution head, or an unknown
 unlabeled source, fails before any training. Unreadable unlabeled images are all listed in one
@@ -60,6 +66,7 @@ from elta_lightning.datamodules.unlabeled import (
     predict_unlabeled,
     unreadable_report,
 )
+from elta_lightning.distributed import per_process_eval_batch
 from elta_lightning.errors import EltaError
 from elta_lightning.metrics import region_masks
 from elta_lightning.models.module import IAAModule, resolve_head
@@ -148,19 +155,12 @@ def _read_file_list(path: Path) -> UnlabeledSet:
     return UnlabeledSet(root, files, f"file list {path} ({len(files)} images)")
 
 
-def predict_pseudo_labels(
-    module: IAAModule, cfg: DictConfig, unlabeled: UnlabeledSet, work_dir: Path
-) -> PseudoLabelSelection:
-    """APDS selection (``cfg.method.apds`` beta, threshold) over ``unlabeled`` with ``module``,
-    through ``trainer.predict`` and :class:`PseudoLabelSelector`."""
-    apds = cfg.method.apds
-    selector = PseudoLabelSelector(apds.beta, apds.threshold)
-    batch = cfg.data.eval_batch_size or cfg.data.batch_size
-    trainer = build_trainer(cfg, work_dir, None, [selector])
-    predict_unlabeled(trainer, module, unlabeled.root, unlabeled.files, batch, cfg.data.num_workers)
-    if selector.selection is None:
-        raise SelfTrainError("the prediction of the unlabeled set ended without a selection")
-    return selector.selection
+def prediction_batch(cfg: DictConfig, world_size: int) -> int:
+    """Each process's batch for predicting the unlabeled set: the global evaluation batch
+    (``data.eval_batch_size``, null: twice ``data.batch_size``) split over ``world_size``
+    processes, as the evaluation loaders split it."""
+    global_batch = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
+    return per_process_eval_batch(global_batch, world_size)
 
 
 def _require_distribution(head: str, what: str) -> None:
@@ -242,6 +242,11 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _level_columns(scale: ScoreScale) -> list[str]:
+    """The distribution columns of ``pseudo_labels.csv``: ``p_<level>`` per rating level."""
+    return [f"p_{level:g}" for level in scale.levels]
+
+
 @rank_zero_only
 def write_pseudo_labels(
     run_dir: Path,
@@ -254,14 +259,112 @@ def write_pseudo_labels(
     run_dir.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    levels = [f"p_{level:g}" for level in scale.levels]
-    writer.writerow(["image", "score", "score_common", "confidence", *levels])
+    writer.writerow(["image", "score", "score_common", "confidence", *_level_columns(scale)])
     for k, image in enumerate(table.image_ids):
         score = float(table.scores[k])
         values = [score, score * scale.to_common, float(confidence[k]), *table.distributions[k]]
         writer.writerow([image, *(f"{v:.6f}" for v in values)])
     _write_atomically(run_dir / PSEUDO_LABELS_CSV, buffer.getvalue())
     _write_atomically(run_dir / PROVENANCE_JSON, json.dumps(provenance, indent=2) + "\n")
+
+
+def read_pseudo_labels(path: Path, scale: ScoreScale) -> LabelTable:
+    """The training rows of a ``pseudo_labels.csv``: images, stored distributions (renormalised,
+    as the file rounds them to 6 decimals) and their means on the native scale. Round 2 trains on
+    these rows, so on every process it trains on exactly what the file records."""
+    columns = _level_columns(scale)
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in ("image", *columns) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SelfTrainError(f"{path}: not a pseudo-label file of this scale: no {missing}")
+        rows = list(reader)
+    dists = np.array([[float(r[c]) for c in columns] for r in rows], dtype=np.float64)
+    dists = dists.reshape(len(rows), len(columns))
+    dists /= dists.sum(axis=1, keepdims=True)
+    return LabelTable(
+        image_ids=[r["image"] for r in rows],
+        scores=dists @ np.asarray(scale.levels, dtype=np.float64),
+        distributions=dists,
+        sources=[f"{path}, line {line}" for line in range(2, len(rows) + 2)],
+    )
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Steps 2 and 3 as one process ends them: ``table`` the rows round 2 trains on (read back
+    from ``pseudo_labels.csv``), ``provenance`` as written beside it, and the ``selection``
+    (the same on every process) they come from."""
+
+    table: LabelTable
+    provenance: dict[str, Any]
+    selection: PseudoLabelSelection
+
+
+def make_pseudo_labels(
+    cfg: DictConfig,
+    module: IAAModule,
+    checkpoint: Path,
+    unlabeled: UnlabeledSet,
+    run_dir: Path,
+    skip_unreadable: bool = False,
+) -> PseudoLabels:
+    """Predict ``unlabeled`` with ``module`` (``checkpoint``'s model), select with APDS, write
+    the pseudo-label files into ``run_dir`` and read them back, on every process of the run.
+
+    Under DDP each process predicts its share (every image once over all processes) and the
+    gathered logits give every process the same selection; rank 0 alone writes the files and
+    then broadcasts whether that worked, which keeps the other processes from reading
+    ``pseudo_labels.csv`` before it is there and ends all of them when the write failed."""
+    apds = cfg.method.apds
+    selector = PseudoLabelSelector(apds.beta, apds.threshold)
+    trainer = build_trainer(cfg, run_dir, None, [selector])
+    batch = prediction_batch(cfg, trainer.world_size)
+    predict_unlabeled(trainer, module, unlabeled.root, unlabeled.files, batch, cfg.data.num_workers)
+    if selector.selection is None:
+        raise SelfTrainError("the prediction of the unlabeled set ended without a selection")
+    scale, cuts = module.scale, module.label_stats.cuts
+    selection, oracle = _final_selection(cfg, selector.selection, unlabeled, scale, skip_unreadable)
+    table = pseudo_label_table(selection, unlabeled, apds.store, scale)
+    provenance = _provenance(cfg, checkpoint, unlabeled, selection, scale, cuts, oracle)
+    failure = None
+    if trainer.is_global_zero:
+        try:
+            confidence = selection.confidence[selection.selected]
+            write_pseudo_labels(run_dir, table, confidence, scale, provenance)
+        except OSError as error:
+            failure = f"{type(error).__name__}: {error}"
+    failure = trainer.strategy.broadcast(failure)  # also the barrier before the files are read
+    if failure is not None:
+        raise SelfTrainError(f"could not write the pseudo-label files into {run_dir}: {failure}")
+    rows = read_pseudo_labels(run_dir / PSEUDO_LABELS_CSV, scale)
+    return PseudoLabels(rows, provenance, selection)
+
+
+def _final_selection(
+    cfg: DictConfig,
+    selection: PseudoLabelSelection,
+    unlabeled: UnlabeledSet,
+    scale: ScoreScale,
+    skip_unreadable: bool,
+) -> tuple[PseudoLabelSelection, OracleChoice | None]:
+    """The selection to write: unreadable images named in an error (or, ``skip_unreadable``,
+    left out), and with ``method.apds.oracle`` re-selected with the pair the TRUE labels choose
+    (returned too, for the provenance)."""
+    unreadable = selection.unreadable.tolist()
+    if unreadable and not skip_unreadable:
+        raise SelfTrainError(
+            f"{len(unreadable)} unreadable image(s) in the unlabeled set: "
+            f"{unreadable_report(unlabeled.root, unlabeled.files, unreadable)}. Fix or remove "
+            "them, or pass --skip-unreadable to leave them out (counted in the provenance)"
+        )
+    if not cfg.method.apds.oracle:
+        return selection, None
+    true_scores = unlabeled.labels.scores[selection.index.numpy()] * scale.to_common
+    oracle = oracle_search(selection, torch.as_tensor(true_scores).float(), cfg.method.apds.store)
+    if oracle.beta is not None:
+        selection = selection.with_params(oracle.beta, oracle.threshold)
+    return selection, oracle
 
 
 # ----- the flow -------------------------------------------------------------------------------
@@ -298,25 +401,8 @@ def self_train(cfg: DictConfig, skip_unreadable: bool = False) -> SelfTrainResul
     round_cfg = OmegaConf.merge(cfg, {"init_from": None})  # round 2 starts from scratch
     module, checkpoint, round1 = _first_round(cfg, round_cfg, run_dir)
 
-    selection = predict_pseudo_labels(module, cfg, unlabeled, run_dir)
-    unreadable = selection.unreadable.tolist()
-    if unreadable and not skip_unreadable:
-        raise SelfTrainError(
-            f"{len(unreadable)} unreadable image(s) in the unlabeled set: "
-            f"{unreadable_report(unlabeled.root, unlabeled.files, unreadable)}. Fix or remove "
-            "them, or pass --skip-unreadable to leave them out (counted in the provenance)"
-        )
-    oracle: OracleChoice | None = None
-    if apds.oracle:
-        true_scores = unlabeled.labels.scores[selection.index.numpy()] * module.scale.to_common
-        oracle = oracle_search(selection, torch.as_tensor(true_scores).float(), apds.store)
-        if oracle.beta is not None:
-            selection = selection.with_params(oracle.beta, oracle.threshold)
-
-    scale, cuts = module.scale, module.label_stats.cuts
-    table = pseudo_label_table(selection, unlabeled, apds.store, scale)
-    provenance = _provenance(cfg, checkpoint, unlabeled, selection, scale, cuts, oracle)
-    write_pseudo_labels(run_dir, table, selection.confidence[selection.selected], scale, provenance)
+    pseudo = make_pseudo_labels(cfg, module, checkpoint, unlabeled, run_dir, skip_unreadable)
+    selection, table, provenance = pseudo.selection, pseudo.table, pseudo.provenance
     counts = provenance["counts"]
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
@@ -354,6 +440,21 @@ def self_train(cfg: DictConfig, skip_unreadable: bool = False) -> SelfTrainResul
     report["table"] = markdown_table(columns, change=True)
     _write_report(run_dir, report)
     return SelfTrainResult(run_dir, report["table"], report, provenance["labels_used"])
+
+
+@rank_zero_only
+def write_self_train_summary(result: SelfTrainResult) -> None:
+    """The end-of-run report (rank 0 only): the oracle note where labels chose the pair, the
+    pseudo-labels kept and both rounds side by side."""
+    if result.labels_used:
+        print(
+            "NOTE: ORACLE analysis: beta/threshold were chosen with the TRUE labels of "
+            "the unlabeled set (method.apds.oracle=true); not a valid self-training run"
+        )
+    kept = result.report["pseudo_labels"]
+    print(f"== self-training: {result.run_dir} ==")
+    print(f"pseudo-labels: {kept['selected']} of {kept['total']} kept -> {kept['file']}")
+    print(result.table)
 
 
 def _first_round(

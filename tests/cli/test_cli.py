@@ -180,23 +180,3 @@ def test_predict_gives_the_scores_of_the_models_own_forward(
 def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
     result = elta("test", str(tmp_path / "nothing.ckpt"))
     assert result.returncode == 1 and "not found" in result.stderr
-
-
-@pytest.mark.slow
-def test_two_process_ddp_run_gives_the_exact_single_process_metrics(
-    tmp_path, synthetic_cache
-) -> None:
-    """`trainer.devices=2` on CPU: DDP (gloo) training, then a test set of odd size (37) split
-    over two processes without padding; metrics and predictions equal a 1-process evaluation."""
-    from elta_lightning.run import evaluate_checkpoint
-
-    overrides = tiny_run_overrides(synthetic_cache, tmp_path)
-    result = elta("train", *overrides, "trainer.accelerator=cpu", "trainer.devices=2", "run_id=ddp")
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = tmp_path / "synthetic" / "vanilla" / "ddp"
-    ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
-    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
-    assert len(rows) == 37 and len({r["image_id"] for r in rows}) == 37
-    single = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt")
-    for key, value in single.items():
-        assert ddp_metrics[key] == pytest.approx(value, abs=1e-5), key

@@ -6,15 +6,24 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from elta_lightning.callbacks import PseudoLabelSelection
 from elta_lightning.cli import main
 from elta_lightning.config import load_config
+from elta_lightning.datamodules.labels import LabelTable
 from elta_lightning.datamodules.synthetic import dataset_folder
 from elta_lightning.run import train
-from elta_lightning.selftrain import ORACLE_MIN_KEPT, oracle_search
+from elta_lightning.scales import AVA_SCALE, PARA_SCALE
+from elta_lightning.selftrain import (
+    ORACLE_MIN_KEPT,
+    SelfTrainError,
+    oracle_search,
+    read_pseudo_labels,
+    write_pseudo_labels,
+)
 
 TINY = [
     "method=elta",
@@ -120,6 +129,23 @@ def test_oracle_search_picks_the_pair_with_the_smallest_error_of_kept_labels() -
     assert choice.mae == min(valid)
 
 
+def test_pseudo_label_file_reads_back_as_the_training_rows(tmp_path) -> None:
+    """Round 2 trains on the rows read back from pseudo_labels.csv (on every DDP process): the
+    written distributions, renormalised after the file's 6-decimal rounding, and their means."""
+    dists = torch.softmax(torch.randn(3, 10, generator=torch.Generator().manual_seed(0)), 1)
+    dists = dists.double().numpy()
+    table = LabelTable(["a.jpg", "sub/b.jpg", "c.png"], dists @ np.arange(1.0, 11.0), dists)
+    write_pseudo_labels(tmp_path, table, torch.tensor([0.5, 0.6, 0.7]), AVA_SCALE, {})
+    back = read_pseudo_labels(tmp_path / "pseudo_labels.csv", AVA_SCALE)
+    assert back.image_ids == table.image_ids
+    assert np.allclose(back.distributions.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert np.allclose(back.distributions, dists, rtol=0, atol=1e-5)
+    assert np.allclose(back.scores, back.distributions @ np.arange(1.0, 11.0), rtol=0, atol=1e-12)
+    assert back.sources[1].endswith("pseudo_labels.csv, line 3")
+    with pytest.raises(SelfTrainError, match="not a pseudo-label file of this scale"):
+        read_pseudo_labels(tmp_path / "pseudo_labels.csv", PARA_SCALE)
+
+
 def test_empty_selection_skips_round_two_with_a_clear_error(tiny, capsys) -> None:
     overrides, checkpoint = tiny
     none_kept = ["method.apds.beta=0", "method.apds.threshold=0.99", f"init_from={checkpoint}"]
@@ -129,6 +155,20 @@ def test_empty_selection_skips_round_two_with_a_clear_error(tiny, capsys) -> Non
     assert _rows(f"{run}/pseudo_labels.csv") == []
     report = json.loads(open(f"{run}/selftrain.json").read())
     assert report["round2"] is None and "round 2 skipped" in report["round2_skipped"]
+
+
+def test_pseudo_labels_that_cannot_be_written_are_one_clear_error(tiny, capsys) -> None:
+    """A folder where the file should go (as a full or read-only disk would): the write fails
+    on rank 0, which tells every process (under DDP the others would otherwise wait)."""
+    from pathlib import Path
+
+    overrides, checkpoint = tiny
+    run = Path(_run_dir(overrides, "unwritable"))
+    (run / "pseudo_labels.csv").mkdir(parents=True)
+    assert main(["self-train", *overrides, f"init_from={checkpoint}", "run_id=unwritable"]) == 1
+    err = capsys.readouterr().err
+    assert f"could not write the pseudo-label files into {run}" in err
+    assert not (run / "round2").exists()
 
 
 def test_unreadable_unlabeled_image_fails_by_name_or_is_counted(tiny, tmp_path, capsys) -> None:

@@ -10,14 +10,21 @@ from pathlib import Path
 LAUNCHER_VARS = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"}
 
 
-def run_ddp_script(script: Path, out: Path, timeout: int = 180) -> None:
-    """Run ``python <script> <out>`` offline on one thread per process; fail with its output."""
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any outer launcher's variables, offline, one thread
+    per process, plus ``extra``."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in LAUNCHER_VARS and not k.startswith(("SLURM_", "TORCHELASTIC_", "PL_"))
     }
-    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
+def run_ddp_script(script: Path, out: Path, timeout: int = 180) -> None:
+    """Run ``python <script> <out>`` offline on one thread per process; fail with its output."""
+    env = clean_env()
     proc = subprocess.run(
         [sys.executable, str(script), str(out)],
         env=env,

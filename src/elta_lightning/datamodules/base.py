@@ -27,6 +27,7 @@ from elta_lightning.datamodules.transforms import (
     normalisation,
     stack_images,
 )
+from elta_lightning.distributed import per_process_batch, per_process_eval_batch
 from elta_lightning.scales import ScoreScale
 
 log = logging.getLogger(__name__)
@@ -467,7 +468,8 @@ class IAADataModule(pl.LightningDataModule):
             sampler = DistributedSampler(
                 dataset, world, rank, shuffle=True, seed=seed, drop_last=True
             )
-        return self._loader(dataset, self.cfg.batch_size, sampler, shuffle=True, drop_last=True)
+        batch = per_process_batch(self.cfg.batch_size, world)
+        return self._loader(dataset, batch, sampler, shuffle=True, drop_last=True)
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:
         """A loader that covers ``dataset`` exactly once over all processes, in order."""
@@ -477,7 +479,8 @@ class IAADataModule(pl.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(
                 dataset, num_replicas=world, rank=rank, shuffle=False
             )
-        batch = self.cfg.eval_batch_size or 2 * self.cfg.batch_size  # no gradients: larger
+        global_batch = self.cfg.eval_batch_size or 2 * self.cfg.batch_size  # no gradients: larger
+        batch = per_process_eval_batch(global_batch, world)
         return self._loader(dataset, batch, sampler, shuffle=False, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:

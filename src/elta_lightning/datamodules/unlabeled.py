@@ -75,9 +75,12 @@ class UnlabeledDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         trainer = self.trainer
         sampler = None
-        if trainer is not None and trainer.world_size > 1:
+        if trainer is not None and trainer.world_size > 1:  # shuffle=False: it shuffles by default
             sampler = UnrepeatedDistributedSampler(
-                self.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank
+                self.dataset,
+                num_replicas=trainer.world_size,
+                rank=trainer.global_rank,
+                shuffle=False,
             )
         return make_loader(self.dataset, self.batch_size, self.num_workers, trainer, sampler)
 

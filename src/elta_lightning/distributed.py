@@ -1,0 +1,79 @@
+"""How one run is split over its processes: ``data.batch_size`` is the **global** batch (the
+authors' 48 whatever the number of GPUs), divided evenly over ``trainer.devices x
+trainer.num_nodes`` processes, so a 4-GPU run takes the same optimiser steps at the same
+learning rate as a 1-GPU run (DDP averages the per-process gradients)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from omegaconf import DictConfig
+
+from elta_lightning.errors import ConfigError
+
+
+def world_size_of(cfg: DictConfig) -> int:
+    """The number of training processes ``cfg.trainer`` asks for (devices per node x nodes)."""
+    return int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+
+
+def per_process_batch(global_batch: int, world_size: int, key: str = "data.batch_size") -> int:
+    """Each process's share of a global training batch; a :class:`ConfigError` naming ``key``
+    when it does not divide (an uneven split would change the batch the user asked for)."""
+    if global_batch % world_size:
+        lower = global_batch - global_batch % world_size
+        choices = ", ".join(str(b) for b in (lower, lower + world_size) if b >= world_size)
+        raise ConfigError(
+            f"{key}={global_batch} is the global batch, split over {world_size} processes "
+            f"(trainer.devices x trainer.num_nodes), but {global_batch} is not a multiple of "
+            f"{world_size}: use e.g. {choices}"
+        )
+    return global_batch // world_size
+
+
+def per_process_eval_batch(global_batch: int, world_size: int) -> int:
+    """Each process's evaluation batch: the global one split, rounded up (evaluation batches
+    only chunk the set, so they need not divide; metrics do not depend on them)."""
+    return math.ceil(global_batch / world_size)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What ``--print-config`` and each run's ``run_notes.json`` say about the split."""
+
+    world_size: int
+    global_batch: int
+    per_process_batch: int
+    global_eval_batch: int
+    per_process_eval_batch: int
+    learning_rate: float  # optim.lr, applied to the global batch: the same on any world size
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for people: the split and the learning rate it runs with."""
+        return (
+            f"global batch {self.global_batch} = {self.world_size} process(es) x "
+            f"{self.per_process_batch}; evaluation {self.global_eval_batch} "
+            f"({self.per_process_eval_batch} per process); learning rate {self.learning_rate:g} "
+            "for the global batch (not scaled: the global batch does not change with the "
+            "number of processes)"
+        )
+
+
+def batch_plan(cfg: DictConfig, world_size: int | None = None) -> BatchPlan:
+    """The split of ``cfg``'s batches over ``world_size`` processes (default: what
+    ``cfg.trainer`` asks for); raises :class:`ConfigError` when the training batch does not
+    divide."""
+    world = world_size if world_size is not None else world_size_of(cfg)
+    global_eval = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
+    return BatchPlan(
+        world_size=world,
+        global_batch=int(cfg.data.batch_size),
+        per_process_batch=per_process_batch(int(cfg.data.batch_size), world),
+        global_eval_batch=int(global_eval),
+        per_process_eval_batch=per_process_eval_batch(int(global_eval), world),
+        learning_rate=float(cfg.optim.lr),
+    )
