@@ -15,10 +15,13 @@ worker count, torch threads and precision, on the same folder of JPEGs:
 Each step is split into the wait for data (everything between two steps: loading, the copy
 to the device, the loop's own work) and compute (forward, loss, backward, optimiser step; on a
 GPU the timer synchronises at the end of each step so that the split is exact). The first
-``--warmup`` steps are left out. CPU always (unless ``--gpu-only``: large backbones); on a CUDA
-GPU also fp32 and bf16-mixed. GPU check, e.g.: ``python benchmarks/train_throughput.py
---gpu-only --backbone swinv2_base_window8_256 --batch 64 --count 64 --steps 20 --warmup 5
---out throughput_gpu.md``.
+``--warmup`` steps are left out; each loop's peak memory (GPU: allocated from its start; CPU:
+the process's resident set so far) is kept too (``gpu_check.py`` reports it). CPU always
+(unless ``--gpu-only``: large backbones); on a CUDA GPU also fp32 and bf16-mixed. GPU check,
+e.g.: ``python benchmarks/train_throughput.py --gpu-only --backbone swinv2_base_window8_256
+--batch 64 --count 64 --steps 20 --warmup 5 --out throughput_gpu.md``; ``gpu_check.py`` runs
+these loops (vanilla and ELTA, with the wait share and peak memory) after a DDP job over all
+GPUs.
 
 The JPEGs: ``--images DIR`` (any folder of JPEGs), or ``--count`` files of ``--size`` cut from
 real photos (see ``image_decode.source_photos``), repeated through links to fill the steps; or
@@ -55,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # image_decode, beside
 
 from image_decode import source_photos, write_photos  # noqa: E402
 
+from elta_lightning.callbacks.resources import peak_memory_mb  # noqa: E402
 from elta_lightning.config import load_config  # noqa: E402
 from elta_lightning.datamodules import build_datamodule  # noqa: E402
 from elta_lightning.datamodules.base import (  # noqa: E402
@@ -133,13 +137,15 @@ class PlainImages(Dataset):
 
 @dataclass
 class Timing:
-    """Per-step wait and compute times (seconds) after the warm-up steps."""
+    """Per-step wait and compute times (seconds) after the warm-up steps, and the loop's peak
+    memory (MiB; see :class:`StepTimer`)."""
 
     warmup: int
     batch: int
     waits: list[float] = field(default_factory=list)
     computes: list[float] = field(default_factory=list)
     seen: int = 0
+    peak_mb: float = float("nan")
 
     def add(self, wait: float, compute: float) -> None:
         self.seen += 1
@@ -155,12 +161,22 @@ def synchronise(device: torch.device) -> None:
 
 class StepTimer(pl.Callback):
     """Wait = previous step's end -> this step's start (fetch, copy to the device, hooks);
-    compute = start -> end of the training step (forward, backward, optimiser step)."""
+    compute = start -> end of the training step (forward, backward, optimiser step). Peak
+    memory: on a GPU the most allocated from the start of training (weights, optimiser state,
+    activations; an earlier loop's peak does not count); on the CPU the process's max RSS, which
+    cannot be reset."""
 
     def __init__(self, timing: Timing) -> None:
         self.timing = timing
         self.mark = 0.0
         self.start = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.timing.peak_mb = peak_memory_mb(pl_module.device)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.mark = time.perf_counter()
@@ -325,7 +341,9 @@ def best_of(runs: list[Timing]) -> Timing:
     return max(runs, key=lambda timing: summarise(timing)[0])
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options (``argv``; default the command line), with :data:`DEFAULTS` filled in for
+    folder runs; ``benchmarks/gpu_check.py`` builds its loops' options here too."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, help="folder of JPEGs (default: drawn ones)")
     parser.add_argument("--size", default="800x600", help="drawn JPEGs' size, WIDTHxHEIGHT")
@@ -346,14 +364,23 @@ def main() -> None:
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU setting")
     parser.add_argument("--override", nargs="*", default=[], help="more key=value for elta")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.dataset:
         for key, value in DEFAULTS.items():
             setattr(args, key, getattr(args, key) or value)
+    return args
+
+
+def quiet_lightning() -> None:
+    """Lightning's per-fit info lines and known warnings off: only the tables are printed."""
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
+
+def main() -> None:
+    args = parse_args()
+    quiet_lightning()
     settings = [] if args.gpu_only else [Setting("cpu", "32-true")]
     if torch.cuda.is_available() and not args.cpu_only:
         settings += [Setting("gpu", "32-true"), Setting("gpu", "bf16-mixed")]
