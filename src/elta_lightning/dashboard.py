@@ -17,17 +17,15 @@ in the summary, and the ``val/srcc`` history. Its sections:
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
-import yaml
 
-from elta_lightning.config import project_root
 from elta_lightning.errors import ConfigError, EltaError
+from elta_lightning.sweeps.files import load_sweep, one_line, sweep_paths
+from elta_lightning.tracking import check_reachable, wandb_server_url
 
 #: The config key every comparison panel groups by (a top-level key of every run's config).
 GROUP_KEY = "method"
@@ -41,12 +39,13 @@ DEFAULT_SWEEP_PARAMETERS = ("optim.lr", "data.batch_size")
 #: Tail errors compared by method (native scale; lower is better).
 TAIL_MAE = ("test/mae_low", "test/mae_high", "test/mae_few", "test/mae_balanced")
 
-#: Seconds to wait for the W&B server before saying it cannot be reached.
-CONNECT_TIMEOUT_S = 5.0
+#: Ends the error of a server that cannot be reached.
+NEEDS_NETWORK = "the dashboard is saved on the server, so it needs network; nothing was saved"
 
 
 class DashboardError(EltaError):
-    """The workspace cannot be saved (no network, no API key, server refused)."""
+    """The workspace cannot be saved: no API key or entity, or the server refused. (No network:
+    :class:`~elta_lightning.tracking.WandbServerError`.)"""
 
 
 def config_key(parameter: str) -> str:
@@ -140,43 +139,19 @@ def build_workspace(
 
 
 def sweep_parameters(root: Path | None = None) -> list[str]:
-    """The parameters the sweep files (``<root>/experiments/sweeps/*.yaml``) vary, in order of
-    first appearance; fixed ones (a single ``value``) are left out. Without sweep files:
-    :data:`DEFAULT_SWEEP_PARAMETERS`."""
+    """The parameters the sweep files (``<root>/experiments/sweeps/*.yaml``, read and checked
+    as ``elta sweep`` reads them) vary, in order of first appearance; fixed ones (a single
+    ``value``) are left out. Without sweep files: :data:`DEFAULT_SWEEP_PARAMETERS`."""
     try:
-        folder = (root or project_root()) / "experiments" / "sweeps"
-    except ConfigError:
+        paths = sweep_paths(root)
+    except ConfigError:  # no project folder (an installed package): nothing to read
         return list(DEFAULT_SWEEP_PARAMETERS)
     found: dict[str, None] = {}
-    for path in sorted(folder.glob("*.yaml")):
-        spec = yaml.safe_load(path.read_text()) or {}
-        parameters = spec.get("parameters") if isinstance(spec, dict) else None
-        if not isinstance(parameters, dict):
-            raise EltaError(f"{path}: a W&B sweep file needs a 'parameters' mapping")
-        for name, options in parameters.items():
-            if not (isinstance(options, dict) and set(options) == {"value"}):
-                found[str(name)] = None
+    for path in paths:
+        for name, options in load_sweep(path).parameters.items():
+            if set(options) != {"value"}:
+                found[name] = None
     return list(found) or list(DEFAULT_SWEEP_PARAMETERS)
-
-
-def server_url() -> str:
-    """The W&B server this machine is set up for (``WANDB_BASE_URL``, else W&B's settings)."""
-    import wandb
-
-    return wandb.env.get_base_url() or str(wandb.setup().settings.base_url)
-
-
-def check_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """A TCP connection to the server, so that no network fails in seconds, not minutes."""
-    parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
-    except OSError as error:
-        raise DashboardError(
-            f"cannot reach the W&B server {url} ({error.strerror or error}): the dashboard is "
-            "saved on the server, so it needs network; nothing was saved"
-        ) from error
 
 
 def default_entity() -> str:
@@ -186,7 +161,7 @@ def default_entity() -> str:
     try:
         entity = wandb.Api().default_entity
     except Exception as error:  # wandb raises many kinds (auth, comm, usage): say which
-        raise DashboardError(f"W&B: {type(error).__name__}: {error}".splitlines()[0]) from error
+        raise DashboardError(f"W&B: {one_line(error)}") from error
     if not entity:
         raise DashboardError("W&B has no default entity for this API key: pass --entity")
     return entity
@@ -197,15 +172,14 @@ def save_workspace(workspace: ws.Workspace) -> str:
     try:
         return str(workspace.save().url)
     except Exception as error:  # auth, comm or HTTP errors of wandb / requests: one line
-        raise DashboardError(
-            f"saving the W&B workspace failed: {type(error).__name__}: {error}".splitlines()[0]
-        ) from error
+        raise DashboardError(f"saving the W&B workspace failed: {one_line(error)}") from error
 
 
 def create_dashboard(project: str, *, entity: str | None = None, dataset: str | None = None) -> str:
     """Build the method-comparison workspace of ``project`` and save it on the W&B server;
-    what was saved and its URL. Raises :class:`DashboardError` (one line) without network."""
-    check_reachable(server_url())
+    what was saved and its URL. Raises a one-line :class:`~elta_lightning.tracking.WandbServerError`
+    without network, :class:`DashboardError` when the server refuses."""
+    check_reachable(wandb_server_url(), NEEDS_NETWORK)
     workspace = build_workspace(project, entity or default_entity(), dataset, sweep_parameters())
     url = save_workspace(workspace)
     return f"W&B workspace {workspace.name!r} ({len(workspace.sections)} sections): {url}"

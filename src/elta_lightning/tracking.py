@@ -14,6 +14,10 @@ What a run records, so that runs of one comparison line up in the W&B UI:
   all), ``test/predictions`` (one row per test image: id, true and predicted score, bin, region,
   shot), histograms ``test/predicted_score_hist`` and ``test/true_score_hist``, and the scatter
   plot ``test/predicted_vs_true``.
+
+The commands that talk to the W&B server itself (``elta sweep``, ``elta dashboard``) find it, its
+API key and whether it answers here too (:func:`wandb_server_url`, :func:`wandb_api_key`,
+:func:`check_reachable`), and fail with one :class:`WandbServerError` line.
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ import math
 import netrc
 import os
 import secrets
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from elta_lightning.datamodules.base import IAADataModule
+from elta_lightning.errors import EltaError
 from elta_lightning.metrics import REGION_NAMES, SHOT_NAMES
 from elta_lightning.models.module import IAAModule
 from elta_lightning.runs import PREDICTION_COLUMNS, prediction_rows
@@ -42,21 +49,64 @@ STEP_METRIC = "trainer/global_step"
 REGION_ERROR_COLUMNS = ("kind", "region", "mae", "count")
 
 
+#: The server whose netrc entry holds the API key, unless ``WANDB_BASE_URL`` names another.
+DEFAULT_WANDB_URL = "https://api.wandb.ai"
+
+#: Seconds a TCP connection to the W&B server may take before it counts as unreachable.
+CONNECT_TIMEOUT_S = 10.0
+
+
+class WandbServerError(EltaError):
+    """The W&B server cannot be used from here (``WANDB_MODE``, no API key, no network): one
+    line that ends in what to do instead."""
+
+
+def wandb_api_key() -> str | None:
+    """The W&B API key: ``WANDB_API_KEY``, else the netrc entry (``NETRC`` or ``~/.netrc``, where
+    ``wandb login`` writes it) of the server's host (``WANDB_BASE_URL``, else
+    :data:`DEFAULT_WANDB_URL`)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    host = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL)).hostname
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return entry[2] if entry else None
+
+
 def wandb_mode(requested: str) -> str:
     """``auto``: the ``WANDB_MODE`` environment variable when set, else online with an API key
-    (``WANDB_API_KEY`` or a netrc entry for api.wandb.ai) and offline without one."""
+    (:func:`wandb_api_key`) and offline without one."""
     if requested != "auto":
         return requested
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
+    return "online" if wandb_api_key() else "offline"
+
+
+def wandb_server_url() -> str:
+    """The W&B server W&B's client talks to: ``WANDB_BASE_URL``, else W&B's settings
+    (``wandb login --host``). Read as ``wandb.Api`` reads them, without starting W&B's service
+    process."""
+    from wandb.sdk import wandb_setup  # here: only commands that talk to the server need it
+
+    return os.environ.get("WANDB_BASE_URL") or str(wandb_setup.singleton().settings.base_url)
+
+
+def check_reachable(url: str, consequence: str) -> None:
+    """Open (and close) a TCP connection to the W&B server at ``url``, so that a machine without
+    network fails in seconds, not after the minutes W&B's client retries. Raises
+    :class:`WandbServerError` ``cannot reach the W&B server <url> (<why>); <consequence>``."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError):
-        pass
-    return "offline"
+        address = (parsed.hostname or "", port)
+        socket.create_connection(address, timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise WandbServerError(
+            f"cannot reach the W&B server {url} ({error.strerror or error}); {consequence}"
+        ) from error
 
 
 def parts_label(parts: Sequence[str]) -> str:

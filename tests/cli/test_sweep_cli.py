@@ -62,7 +62,8 @@ def test_the_agent_command_starts_a_real_run_with_the_sampled_values(
 
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setattr(wandb_agent, "check_reachable", lambda url: None)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example")
+    monkeypatch.setattr(wandb_agent, "check_reachable", lambda url, consequence: None)
     monkeypatch.setattr(wandb, "sweep", create_sweep)
     monkeypatch.setattr(wandb, "agent", lambda sweep_id, **kw: created.setdefault("agent", kw))
     runs = tmp_path / "runs"

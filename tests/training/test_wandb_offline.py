@@ -18,6 +18,7 @@ from elta_lightning.tracking import (
     run_config,
     run_group,
     run_tags,
+    wandb_api_key,
     wandb_mode,
 )
 
@@ -183,3 +184,18 @@ def test_mode_auto_is_offline_without_an_api_key(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode("auto") == "disabled"
     assert wandb_mode("offline") == "offline"
+
+
+def test_mode_auto_is_online_with_a_netrc_key_for_the_server(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine wandb.example login user password " + "k" * 40 + "\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    assert wandb_api_key() is None  # the key of another server
+    assert wandb_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example:8443")
+    assert wandb_api_key() == "k" * 40
+    assert wandb_mode("auto") == "online"

@@ -4,6 +4,7 @@ network edge; without network a one-line error."""
 import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import wandb_workspaces.reports.v2 as wr
@@ -12,13 +13,15 @@ import wandb_workspaces.workspaces as ws
 from elta_lightning import dashboard
 from elta_lightning.cli import main
 from elta_lightning.dashboard import (
+    DEFAULT_SWEEP_PARAMETERS,
     DashboardError,
     build_workspace,
     create_dashboard,
     save_workspace,
     sweep_parameters,
 )
-from elta_lightning.errors import EltaError
+from elta_lightning.errors import ConfigError
+from elta_lightning.tracking import WandbServerError
 
 
 def _panels(workspace: ws.Workspace) -> dict[str, object]:
@@ -94,24 +97,45 @@ def test_workspace_without_dataset_has_no_filter() -> None:
     assert [c.metric.name for c in parallel.columns] == ["method", "val/srcc_best"]
 
 
+def _write_sweep(path: Path, parameters: str) -> None:
+    """A valid sweep file with the given ``parameters:`` block (YAML lines, indented)."""
+    path.write_text(
+        "method: grid\n"
+        "metric: {name: val/srcc_best, goal: maximize}\n"
+        f"parameters:\n{parameters}"
+        "command: ['${env}', elta, train, method=elta, '${args_no_hyphens}']\n"
+    )
+
+
 def test_sweep_parameters_come_from_the_sweep_files(tmp_path) -> None:
     assert sweep_parameters(tmp_path) == ["optim.lr", "data.batch_size"]  # no sweep files
     folder = tmp_path / "experiments" / "sweeps"
     folder.mkdir(parents=True)
-    (folder / "a.yaml").write_text(
-        "method: bayes\n"
-        "parameters:\n"
+    _write_sweep(
+        folder / "a.yaml",
         "  optim.lr: {distribution: log_uniform_values, min: 1.0e-5, max: 1.0e-3}\n"
         "  method.tfa.tau1: {values: [0.1, 0.5]}\n"
-        "  data.batch_size: {value: 16}\n"  # fixed: not a parameter to compare
+        "  data.batch_size: {value: 16}\n",  # fixed: not a parameter to compare
     )
-    (folder / "b.yaml").write_text(
-        "parameters:\n  optim.lr: {values: [1.0e-4]}\n  seed: {values: [1, 2]}\n"
-    )
+    _write_sweep(folder / "b.yaml", "  optim.lr: {values: [1.0e-4]}\n  seed: {values: [1, 2]}\n")
     assert sweep_parameters(tmp_path) == ["optim.lr", "method.tfa.tau1", "seed"]
-    (folder / "c.yaml").write_text("method: grid\n")
-    with pytest.raises(EltaError, match="c.yaml: a W&B sweep file needs a 'parameters'"):
+
+
+def test_sweep_parameters_check_the_files_as_elta_sweep_does(tmp_path) -> None:
+    folder = tmp_path / "experiments" / "sweeps"
+    folder.mkdir(parents=True)
+    _write_sweep(folder / "c.yaml", "  {}\n")
+    with pytest.raises(ConfigError, match="c.yaml: parameters must map dotted config keys"):
         sweep_parameters(tmp_path)
+    _write_sweep(folder / "c.yaml", "  optim.lr: {values: []}\n")
+    with pytest.raises(ConfigError, match="c.yaml: parameter 'optim.lr': values must be a non"):
+        sweep_parameters(tmp_path)
+
+
+def test_shipped_sweep_files_give_the_dashboard_their_parameters() -> None:
+    shipped = sweep_parameters()
+    assert {"optim.lr", "method.tfa.tau1"} <= set(shipped)
+    assert shipped != list(DEFAULT_SWEEP_PARAMETERS)
 
 
 def test_create_dashboard_saves_the_built_workspace(monkeypatch) -> None:
@@ -121,7 +145,7 @@ def test_create_dashboard_saves_the_built_workspace(monkeypatch) -> None:
         saved.append(workspace)
         return "https://wandb.example/team/elta?nw=abc"
 
-    monkeypatch.setattr(dashboard, "check_reachable", lambda url: None)
+    monkeypatch.setattr(dashboard, "check_reachable", lambda url, consequence: None)
     monkeypatch.setattr(dashboard, "save_workspace", fake_save)
     printed = create_dashboard("elta", entity="team", dataset="aadb")
     assert printed == (
@@ -152,7 +176,7 @@ def test_without_network_the_command_says_so(monkeypatch, capsys) -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("WANDB_BASE_URL", url)
     start = time.monotonic()
-    with pytest.raises(DashboardError, match=f"cannot reach the W&B server {url}"):
+    with pytest.raises(WandbServerError, match=f"cannot reach the W&B server {url}"):
         create_dashboard("elta")
     assert main(["dashboard", "--project", "elta", "--entity", "team"]) == 1
     assert time.monotonic() - start < 10

@@ -4,6 +4,7 @@ fixed arguments reach the agent's command, a W&B sweep fails in one line without
 the local Optuna loop (with a stand-in for ``train``) counts, resumes and records failures."""
 
 import math
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -345,12 +346,14 @@ def test_wandb_sweep_in_offline_mode_is_a_one_line_error(no_wandb_credentials, m
 
 def test_unreachable_server_is_a_one_line_error(no_wandb_credentials, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example")
 
     def no_network(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(wandb_agent.socket, "create_connection", no_network)
-    with pytest.raises(EltaError, match="cannot reach the W&B server .*unreachable.*--local"):
+    monkeypatch.setattr(socket, "create_connection", no_network)  # the network edge
+    message = "cannot reach the W&B server https://wandb.example .Network is unreachable.; run"
+    with pytest.raises(EltaError, match=f"{message}.*--local"):
         sweeps.run_wandb_sweep("lds", ["dataset=synthetic"])
 
 
@@ -362,7 +365,10 @@ def wandb_server(no_wandb_credentials, monkeypatch: pytest.MonkeyPatch) -> dict:
     calls: dict = {}
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    monkeypatch.setattr(wandb_agent, "check_reachable", lambda url: calls.setdefault("url", url))
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example:8443")
+    monkeypatch.setattr(
+        wandb_agent, "check_reachable", lambda url, consequence: calls.setdefault("url", url)
+    )
 
     def create(config, entity=None, project=None):
         calls["sweep"] = (config, entity, project)
@@ -395,7 +401,7 @@ def test_wandb_sweep_is_created_with_the_fixed_arguments_and_an_agent_started(wa
         "abc123",
         {"entity": "lab", "project": "elta-lightning", "count": 8},
     )
-    assert wandb_server["url"] == "https://api.wandb.ai"
+    assert wandb_server["url"] == "https://wandb.example:8443"  # the server W&B is set up for
     import shutil
 
     assert shutil.which("elta", path=os.environ["PATH"])  # the agent's `/usr/bin/env elta` resolves

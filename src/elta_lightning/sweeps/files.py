@@ -91,9 +91,14 @@ class Sweep:
         return fixed_words(self.config["command"])
 
 
+def sweep_paths(root: Path | None = None) -> list[Path]:
+    """The sweep files in ``<root>/experiments/sweeps/`` (default: the project's), sorted."""
+    return sorted(((root or project_root()) / "experiments" / "sweeps").glob("*.yaml"))
+
+
 def sweep_files() -> list[str]:
     """Names of the sweep files shipped in ``experiments/sweeps/``."""
-    return sorted(p.stem for p in (project_root() / "experiments" / "sweeps").glob("*.yaml"))
+    return [path.stem for path in sweep_paths()]
 
 
 def find_sweep_file(file: str | Path) -> Path:

@@ -5,28 +5,30 @@ Creates the sweep on the W&B server (``wandb.sweep``) and starts an agent here
 ``trainer.devices=4`` starts a normal 4-process DDP run per trial. More agents elsewhere:
 ``wandb agent <entity>/<project>/<sweep id>`` (they run the same command, fixed arguments
 included). Without an API key, with ``WANDB_MODE=offline|disabled`` or without network it
-stops with a one-line :class:`EltaError` naming the ``--local`` alternative.
+stops with a one-line :class:`~elta_lightning.tracking.WandbServerError` naming the ``--local``
+alternative.
 """
 
 from __future__ import annotations
 
 import logging
-import netrc
 import os
 import shutil
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 from elta_lightning.errors import EltaError
 from elta_lightning.sweeps.files import check_applies, load_sweep, one_line, with_fixed_args
+from elta_lightning.tracking import (
+    WandbServerError,
+    check_reachable,
+    wandb_api_key,
+    wandb_server_url,
+)
 
 log = logging.getLogger(__package__)
 
-#: The W&B server unless ``WANDB_BASE_URL`` names another.
-DEFAULT_WANDB_URL = "https://api.wandb.ai"
 #: Ends the errors of a sweep without a server: what to run instead.
 LOCAL_HINT = "run the sweep without a server instead: elta sweep FILE --local --trials N"
 
@@ -47,9 +49,7 @@ def run_wandb_sweep(
     sweep = load_sweep(file)
     config = with_fixed_args(sweep, overrides)
     base = check_applies(config)  # a bad key fails here, not in every run
-    require_wandb_server()
-    base_url = os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL)
-    check_reachable(base_url)
+    base_url = require_wandb_server()
     project = project or config.get("project") or base.logger.project
     entity = entity or config.get("entity") or base.logger.entity
     ensure_elta_on_path()
@@ -76,41 +76,22 @@ def run_wandb_sweep(
         raise EltaError(f"the W&B agent of sweep {sweep_id} stopped: {one_line(error)}") from error
 
 
-def wandb_api_key() -> str | None:
-    """The W&B API key: ``WANDB_API_KEY``, else the netrc entry of the server (``wandb login``)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return os.environ["WANDB_API_KEY"]
-    host = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL)).hostname
-    try:
-        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host or "")
-    except (OSError, netrc.NetrcParseError):
-        return None
-    return entry[2] if entry else None
-
-
-def require_wandb_server() -> None:
-    """A W&B sweep lives on the server: refuse offline/disabled mode and a missing API key."""
+def require_wandb_server() -> str:
+    """The URL of the W&B server a sweep lives on, once it is known to be usable: refuse
+    offline/disabled mode, a missing API key and a server that cannot be reached."""
     mode = os.environ.get("WANDB_MODE", "").lower()
     if mode in ("offline", "dryrun", "disabled"):
-        raise EltaError(f"a W&B sweep needs the W&B server, but WANDB_MODE={mode}; {LOCAL_HINT}")
+        raise WandbServerError(
+            f"a W&B sweep needs the W&B server, but WANDB_MODE={mode}; {LOCAL_HINT}"
+        )
     if not wandb_api_key():
-        raise EltaError(
+        raise WandbServerError(
             "a W&B sweep needs the W&B server and an API key, and no API key is set "
             f"(WANDB_API_KEY or `wandb login`); {LOCAL_HINT}"
         )
-
-
-def check_reachable(base_url: str, timeout: float = 10.0) -> None:
-    """Fail fast, in one line, when the W&B server cannot be reached (W&B's client retries for
-    a long time)."""
-    parsed = urlparse(base_url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
-    except OSError as error:
-        raise EltaError(
-            f"cannot reach the W&B server {base_url} ({error}); {LOCAL_HINT}"
-        ) from error
+    base_url = wandb_server_url()
+    check_reachable(base_url, LOCAL_HINT)
+    return base_url
 
 
 def ensure_elta_on_path() -> None:
