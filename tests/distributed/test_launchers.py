@@ -107,45 +107,81 @@ def test_torchrun_gives_one_run_folder_and_the_same_metrics(
     assert status["status"] == "finished" and status["job"].startswith("torchrun-")
 
 
-def slurm_env(rank: int, job: str, port: int) -> dict[str, str]:
-    """What ``srun`` sets for task ``rank`` of a 1-node, 2-task job (the parts Lightning's
-    SLURMEnvironment and our run ids read)."""
+def run_together(commands: list[tuple[list[str], dict[str, str]]]) -> None:
+    """Start every ``(command, environment)`` at once (as srun, or torchrun on each node, does)
+    and wait for all; fail with their output unless all end with 0."""
+    tasks = [
+        subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for command, env in commands
+    ]
+    outputs = [task.communicate(timeout=300)[0] for task in tasks]
+    codes = [task.returncode for task in tasks]
+    assert codes == [0] * len(tasks), "\n".join(o[-3000:] for o in outputs)
+
+
+def slurm_env(rank: int, nodes: int, job: str, port: int) -> dict[str, str]:
+    """What ``srun`` sets for task ``rank`` of a 2-task job on ``nodes`` nodes (the parts
+    Lightning's SLURMEnvironment and our run ids read); every "node" is this machine."""
+    per_node = 2 // nodes
     return clean_env(
         SLURM_JOB_ID=job,
         SLURM_JOB_NAME="elta-test",
         SLURM_NTASKS="2",
-        SLURM_NTASKS_PER_NODE="2",
-        SLURM_NNODES="1",
-        SLURM_NODEID="0",
+        SLURM_NTASKS_PER_NODE=str(per_node),
+        SLURM_NNODES=str(nodes),
+        SLURM_NODEID=str(rank // per_node),
         SLURM_PROCID=str(rank),
-        SLURM_LOCALID=str(rank),
+        SLURM_LOCALID=str(rank % per_node),
         SLURM_NODELIST="127.0.0.1",
         MASTER_PORT=str(port),
     )
 
 
+@pytest.mark.parametrize("nodes", [1, 2])
 def test_slurm_srun_gives_one_run_folder_and_the_same_metrics(
-    lightning_run, tmp_path, synthetic_cache
+    nodes, lightning_run, tmp_path, synthetic_cache
 ) -> None:
-    command = [ELTA, "train", *tiny_run_overrides(synthetic_cache, tmp_path), *DDP_CPU]
+    """``srun`` with 2 tasks on 1 node (``trainer.devices=2``) or 1 task on each of 2 nodes
+    (``trainer.devices=1 trainer.num_nodes=2``): the same 2-process run."""
+    placement = [f"trainer.devices={2 // nodes}", f"trainer.num_nodes={nodes}"]
+    command = [ELTA, "train", *tiny_run_overrides(synthetic_cache, tmp_path), *DDP_CPU, *placement]
     port = free_port()
-    tasks = [
-        subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=slurm_env(rank, "4242", port),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    outputs = [task.communicate(timeout=300)[0] for task in tasks]
-    assert [task.returncode for task in tasks] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    run_together([(command, slurm_env(rank, nodes, "4242", port)) for rank in (0, 1)])
     folder = only_run_folder(tmp_path)
     assert folder.name == "job4242-seed42"
     assert results(folder) == results(lightning_run)
     assert json.loads((folder / "status.json").read_text())["job"] == "slurm-4242"
+
+
+def test_torchrun_on_two_nodes_gives_one_run_folder_and_the_same_metrics(
+    lightning_run, tmp_path, synthetic_cache
+) -> None:
+    """Two torchrun agents (one per "node", both on this machine) meeting through c10d
+    rendezvous, one process each: ``trainer.devices=1 trainer.num_nodes=2``."""
+    rendezvous = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "--rdzv-id=two-nodes",
+    ]
+    words = [*tiny_run_overrides(synthetic_cache, tmp_path), *DDP_CPU]
+    command = [*rendezvous, "-m", "elta_lightning", "train", *words]
+    command += ["trainer.devices=1", "trainer.num_nodes=2"]
+    run_together([(command, clean_env()), (command, clean_env())])
+    folder = only_run_folder(tmp_path)
+    assert folder.name == "jobtwo-nodes-seed42"
+    assert results(folder) == results(lightning_run)
 
 
 @pytest.mark.parametrize(
