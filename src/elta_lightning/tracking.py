@@ -37,6 +37,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from elta_lightning.datamodules.base import IAADataModule
+from elta_lightning.distributed import batch_plan
 from elta_lightning.errors import EltaError
 from elta_lightning.metrics import REGION_NAMES, SHOT_NAMES
 from elta_lightning.models.module import IAAModule
@@ -120,7 +121,9 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
     ``method`` is the method's name (its config section is logged as ``method_config``), so the
     UI groups by ``method`` directly; ``parts``, ``dataset``, ``backbone`` and ``seed`` sit next
     to it. Every other section keeps its name, so ``optim.lr`` means the same key as in a
-    sweep file.
+    sweep file. ``distributed`` is the split of the global batch over the run's processes
+    (:class:`~elta_lightning.distributed.BatchPlan`), so runs on different GPU counts can be
+    told apart.
     """
     nested = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(nested, dict)
@@ -133,6 +136,7 @@ def run_config(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         **nested,
         "method_config": method_section,
+        "distributed": batch_plan(cfg).as_dict(),
     }
 
 

@@ -148,6 +148,8 @@ def test_logged_config_tags_and_group_of_a_config(synthetic_cache, tmp_path) -> 
     )
     assert values["method_config"]["parts"] == ["lds", "tfa"]
     assert values["optim"] == dict(cfg.optim)
+    split = values["distributed"]
+    assert (split["world_size"], split["global_batch"], split["per_process_batch"]) == (1, 16, 16)
     assert run_tags(cfg) == ["vanilla+lds+tfa", "lds", "tfa", "seed=3", "x"]
     assert run_group(cfg) == "synthetic"  # without logger.group: the data set
     cfg.logger.group = "cmp-abc"
