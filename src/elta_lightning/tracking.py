@@ -64,16 +64,23 @@ class WandbServerError(EltaError):
 
 def wandb_api_key() -> str | None:
     """The W&B API key: ``WANDB_API_KEY``, else the netrc entry (``NETRC`` or ``~/.netrc``, where
-    ``wandb login`` writes it) of the server's host (``WANDB_BASE_URL``, else
-    :data:`DEFAULT_WANDB_URL`)."""
+    ``wandb login`` writes it) of the server W&B will talk to (:func:`wandb_server_url`), or,
+    when no server is named in ``WANDB_BASE_URL``, of :data:`DEFAULT_WANDB_URL` (what older
+    ``wandb login`` versions wrote)."""
     if os.environ.get("WANDB_API_KEY"):
         return os.environ["WANDB_API_KEY"]
-    host = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_WANDB_URL)).hostname
+    urls = [wandb_server_url()]
+    if not os.environ.get("WANDB_BASE_URL"):
+        urls.append(DEFAULT_WANDB_URL)
     try:
-        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host or "")
+        entries = netrc.netrc(os.environ.get("NETRC"))
     except (OSError, netrc.NetrcParseError):
         return None
-    return entry[2] if entry else None
+    for url in urls:
+        entry = entries.authenticators(urlparse(url).hostname or "")
+        if entry:
+            return entry[2]
+    return None
 
 
 def wandb_mode(requested: str) -> str:
@@ -87,12 +94,18 @@ def wandb_mode(requested: str) -> str:
 
 
 def wandb_server_url() -> str:
-    """The W&B server W&B's client talks to: ``WANDB_BASE_URL``, else W&B's settings
-    (``wandb login --host``). Read as ``wandb.Api`` reads them, without starting W&B's service
-    process."""
-    from wandb.sdk import wandb_setup  # here: only commands that talk to the server need it
+    """The W&B server W&B's client talks to: ``WANDB_BASE_URL``, else W&B's settings (its
+    default server, or the one ``wandb login --host`` saved). Read as ``wandb.Api`` reads them,
+    without starting W&B's service process; :data:`DEFAULT_WANDB_URL` should W&B ever move
+    that (non-public) settings object."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    try:
+        from wandb.sdk import wandb_setup  # here: loading W&B's settings costs ~0.5 s
 
-    return os.environ.get("WANDB_BASE_URL") or str(wandb_setup.singleton().settings.base_url)
+        return str(wandb_setup.singleton().settings.base_url)
+    except (ImportError, AttributeError):
+        return DEFAULT_WANDB_URL
 
 
 def check_reachable(url: str, consequence: str) -> None:

@@ -201,3 +201,31 @@ def test_mode_auto_is_online_with_a_netrc_key_for_the_server(monkeypatch, tmp_pa
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example:8443")
     assert wandb_api_key() == "k" * 40
     assert wandb_mode("auto") == "online"
+
+
+def test_mode_auto_finds_the_key_wandb_login_saved_for_its_server(tmp_path) -> None:
+    """`wandb login --host https://wandb.example2` saves the server in W&B's settings and the
+    key in netrc under that host: `logger.mode=auto` goes online with it (a fresh process, as
+    W&B reads its settings once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "wandb").mkdir()
+    (tmp_path / "wandb" / "settings").write_text("[default]\nbase_url = https://wandb.example2\n")
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine wandb.example2 login user password " + "k" * 40 + "\n")
+    netrc_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env.update(HOME=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / "wandb"))
+    code = "from elta_lightning.tracking import wandb_mode; print(wandb_mode('auto'))"
+
+    def mode(**extra: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert mode(NETRC=str(netrc_file)) == "online"
+    assert mode(NETRC=str(tmp_path / "no-netrc")) == "offline"
