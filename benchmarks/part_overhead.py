@@ -7,10 +7,11 @@ cost differs), measures the time its hooks add to a training step of a real
     features (B, D), requires grad -> sample_weights -> transform_inputs -> transform_features
         -> head -> task loss (module's EMD / MSE, or the part's) -> + auxiliary losses -> backward
 
-the same hook order as ``IAAModule.training_step`` (minus the backbone and logging), against the
-same step with no parts. The features are precomputed (1024-d by default, the ELTA authors'
-pooled width), so a part's row is its own cost, not the backbone's. Exception: ConR's hook runs
-the backbone over the two extra views of each image (forward and backward), so its main row
+through ``IAAModule.step_losses`` itself (the training step minus logging), with a stand-in
+backbone that returns precomputed features (1024-d by default, the ELTA authors' pooled width),
+against the same step with no parts: a part's row is its own cost, not the backbone's.
+Exception: ConR's hook runs the backbone over the two extra views of each image (forward and
+backward), so its main row
 includes those backbone passes; a second row gives its cost with the view features precomputed.
 The backbone (default timm ``test_convnext``) gets a linear projection to ``--dim`` features
 where its width differs, so that ConR's views reach the ``--dim`` head.
@@ -46,7 +47,7 @@ from elta_lightning.config import load_config
 from elta_lightning.label_stats import LabelStats
 from elta_lightning.models.heads import DistributionHead, ScoreHead
 from elta_lightning.models.module import IAAModule, scale_hparams
-from elta_lightning.parts import PARTS, Part, PartContext, TrainStep, part_config
+from elta_lightning.parts import PARTS, Part, PartContext, part_config
 from elta_lightning.scales import AVA_SCALE
 
 #: Extra rows: (part, config changes, label) of settings whose cost differs from the default's.
@@ -85,8 +86,23 @@ class _Projected(nn.Module):
         return self.proj(self.backbone(images))
 
 
+class _Precomputed(nn.Module):
+    """Stand-in backbone: the precomputed ``features`` for a batch of the training batch's size
+    (its images, or the images a part mixed in their place: the backbone would run once either
+    way, so a part's row is its own cost), ``others`` for any other input (ConR's extra views:
+    the real backbone, or their precomputed features)."""
+
+    def __init__(self, features: torch.Tensor, others: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.others = others
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features if len(images) == len(self.features) else self.others(images)
+
+
 class _FixedFeatures(nn.Module):
-    """Stand-in backbone returning precomputed features (ConR's view features, no backbone)."""
+    """Precomputed features whatever the input (ConR's view features, no backbone)."""
 
     def __init__(self, features: torch.Tensor) -> None:
         super().__init__()
@@ -165,49 +181,33 @@ def _module(args: argparse.Namespace, stats: LabelStats) -> _BenchModule:
     )
 
 
-def _backbone_step(module: _BenchModule, step: TrainStep):
-    """One training step of the backbone + its native head: forward, task loss, backward, Adam."""
+def _backbone_step(module: _BenchModule, batch: dict[str, torch.Tensor]):
+    """One training step of the backbone + its native head, no parts (``step_losses``): forward,
+    task loss, backward, Adam."""
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-5)
 
     def run() -> None:
         optimizer.zero_grad(set_to_none=True)
-        module.task_loss(module(step.images), step).backward()
+        module.step_losses(batch)["loss"].backward()
         optimizer.step()
 
     return run
 
 
-def _parts_step(module: _BenchModule, parts: list[Part], base: TrainStep):
-    """The training step from the features on (hook order of ``IAAModule.training_step``)."""
-    features = base.features
+def _parts_step(module: _BenchModule, parts: list[Part], batch: dict[str, torch.Tensor]):
+    """The training step from the features on, through ``IAAModule.step_losses`` itself (the
+    hook order of every training step), with ``parts``: the module's backbone must be a
+    :class:`_Precomputed` of the batch's features."""
     states = [part.state for part in parts if part.state is not None]
+    features = module.backbone.features
 
     def run() -> None:
         features.grad = None
         module.zero_grad(set_to_none=True)
         for state in states:
             state.zero_grad(set_to_none=True)
-        step = base.with_(features=None)
-        for part in parts:
-            factors = part.sample_weights(module, step)
-            if factors is not None:
-                step = step.with_(weights=step.weights * factors.to(step.weights.dtype))
-        for part in parts:
-            step = part.transform_inputs(module, step)
-        step = step.with_(features=features)
-        for part in parts:
-            step = part.transform_features(module, step)
-        output = module.head(step.features)
-        replacing = [part for part in parts if part.replaces_task_loss]
-        if replacing:
-            loss = replacing[0].task_loss(module, step, output)
-        else:
-            loss = module.task_loss(output, step)
-        for part in parts:
-            auxiliary = part.auxiliary_loss(module, step, output)
-            if auxiliary is not None:
-                loss = loss + auxiliary
-        loss.backward()
+        module.parts = parts
+        module.step_losses(batch)["loss"].backward()
 
     return run
 
@@ -253,17 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     images = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device)
     views = torch.randn(args.batch, 2, 3, args.size, args.size, generator=gen).to(device)
 
+    weights = torch.ones(args.batch, device=device)
+    plain = {"image": images, "dist": dist, "score": scores, "weight": weights}
+    with_views = {**plain, "views": views}
+
     # The backbone step: the real module, its native head (timed before and after the parts).
     module = _module(args, stats).to(device).train()
-    targets = dist if module.head_kind == "distribution" else module.to_unit(scores)
-    batch = TrainStep(
-        images=images,
-        features=None,
-        targets=targets,
-        scores=scores * module.scale.to_common,
-        weights=torch.ones(args.batch, device=device),
-    )
-    backbone_step = _backbone_step(module, batch)
+    backbone_step = _backbone_step(module, plain)
     backbone_times = _samples_ms(backbone_step, args.steps, args.warmup, device)
 
     # The parts' module: the same backbone (projected to --dim) and a --dim head.
@@ -286,9 +282,9 @@ def main(argv: list[str] | None = None) -> None:
         feature_dim=args.dim,
     )
     features = torch.randn(args.batch, args.dim, device=device, requires_grad=True)
-    base = batch.with_(features=features)
-    with_views = base.with_(views=views)
-    no_parts = _parts_step(module, [], base)
+    backbone = module.backbone
+    module.backbone = _Precomputed(features, backbone)
+    no_parts = _parts_step(module, [], plain)
     no_parts_ms = statistics.median(_samples_ms(no_parts, args.steps, args.warmup, device))
 
     settings = [(name, {}, "default") for name in PARTS]
@@ -302,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             primer = torch.randn(FDS_PRIMER, args.dim, device=device)
             _prime_fds(part, module, primer, train_scores[:FDS_PRIMER].to(device))
             label = f"{label}, epoch {FDS_EPOCH} (calibrating)"
-        step = with_views if part.views_needed else base
+        step = with_views if part.views_needed else plain
         ms = _paired_ms(
             no_parts, _parts_step(module, [part], step), args.steps, args.warmup, device
         )
@@ -312,13 +308,13 @@ def main(argv: list[str] | None = None) -> None:
         if part.views_needed:
             count = args.batch * part.views_needed
             view_features = torch.randn(count, args.dim, device=device, requires_grad=True)
-            backbone, module.backbone = module.backbone, _FixedFeatures(view_features)
+            module.backbone.others = _FixedFeatures(view_features)
             try:
                 ms = _paired_ms(
                     no_parts, _parts_step(module, [part], step), args.steps, args.warmup, device
                 )
             finally:
-                module.backbone = backbone
+                module.backbone.others = backbone
             rows.append((name, f"{label.split(';')[0]}; view features precomputed (loss only)", ms))
 
     # The backbone step again after the parts: its median over both runs (a shared machine drifts).

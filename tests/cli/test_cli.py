@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from subprocess_env import clean_env
 from tiny_runs import tiny_run_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -18,9 +18,8 @@ ELTA = str(Path(sys.executable).with_name("elta"))
 
 
 def elta(*args: str, cwd: Path = REPO_ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     return subprocess.run(
-        [ELTA, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [ELTA, *args], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from subprocess_env import clean_env
 from tiny_runs import tiny_run_overrides
 
 from elta_lightning.cli import main
@@ -52,24 +53,11 @@ def overrides(cache: Path, runs: Path, *extra: str) -> list[str]:
     return [*tiny_run_overrides(cache, runs), *RUN, *extra]
 
 
-def elta_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any launcher's variables (CI may itself run under
-    SLURM or torchrun), one torch thread, no network."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SLURM_", "TORCHELASTIC_", "PL_", "ELTA_"))
-        and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", WANDB_MODE="disabled", **extra)
-    return env
-
-
 def elta_train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [ELTA, "train", *args],
         cwd=REPO_ROOT,
-        env=env or elta_env(),
+        env=env or clean_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -83,7 +71,7 @@ def start_and_stop(args: list[str], runs: Path, signum: int, env=None) -> tuple[
     proc = subprocess.Popen(
         [ELTA, "train", *args],
         cwd=REPO_ROOT,
-        env=env or elta_env(),
+        env=env or clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -227,7 +215,7 @@ def test_sigusr1_under_slurm_requeues_and_the_requeued_job_finds_its_run(
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     (bin_dir / "scontrol").chmod(0o755)
     args = overrides(synthetic_cache, tmp_path / "runs")
-    env = elta_env(SLURM_JOB_ID="4242", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env = clean_env(SLURM_JOB_ID="4242", PATH=f"{bin_dir}:{os.environ['PATH']}")
     method_runs = tmp_path / "runs" / "synthetic" / "elta"
     code, output = start_and_stop(args, method_runs, signal.SIGUSR1, env)
     assert code == 128 + signal.SIGUSR1, output[-3000:]

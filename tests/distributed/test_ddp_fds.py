@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ddp_launch import run_ddp_script
+from subprocess_env import run_ddp_script
 
 SCRIPT = Path(__file__).with_name("ddp_fds_run.py")
 WORLD, STEPS, BATCH, EPOCHS = 2, 2, 4, 2

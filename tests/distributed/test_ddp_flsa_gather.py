@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ddp_launch import run_ddp_script
+from subprocess_env import run_ddp_script
 
 from elta_lightning.elta import flsa_loss
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ddp_launch import run_ddp_script
+from subprocess_env import run_ddp_script
 
 SCRIPT = Path(__file__).with_name("ddp_label_stats_run.py")
 WORLD = 2

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ddp_launch import run_ddp_script
 from scipy import stats
+from subprocess_env import run_ddp_script
 
 SCRIPT = Path(__file__).with_name("ddp_metrics_run.py")
 NUM_SAMPLES = 101

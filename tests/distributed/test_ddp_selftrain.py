@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 import pytest
-from ddp_launch import run_ddp_script
+from subprocess_env import run_ddp_script
 from tiny_runs import tiny_run_overrides
 
 SCRIPT = Path(__file__).with_name("ddp_selftrain_run.py")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ddp_launch import clean_env
+from subprocess_env import clean_env
 from tiny_runs import tiny_run_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

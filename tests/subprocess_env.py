@@ -1,5 +1,7 @@
-"""Run a 2-process DDP helper script in a fresh process, as the DDP tests do (DDP inside the
-pytest process can collide on ports, and the ``ddp`` launcher would re-run pytest)."""
+"""Subprocesses of the tests: the environment they run in (no outer launcher's variables, one
+torch thread, no network) and the 2-process DDP helper scripts, each in a fresh process (DDP
+inside the pytest process can collide on ports, and the ``ddp`` launcher would re-run pytest).
+A module of its own, as ``tiny_runs``, so tests in every folder import it."""
 
 import os
 import subprocess
@@ -11,12 +13,13 @@ LAUNCHER_VARS = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any outer launcher's variables, offline, one thread
-    per process, plus ``extra``."""
+    """This process's environment without any outer launcher's variables (CI may itself run
+    under SLURM or torchrun) or run ids exported by a run in this process, offline, one torch
+    thread per process, plus ``extra``."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in LAUNCHER_VARS and not k.startswith(("SLURM_", "TORCHELASTIC_", "PL_"))
+        if k not in LAUNCHER_VARS and not k.startswith(("SLURM_", "TORCHELASTIC_", "PL_", "ELTA_"))
     }
     env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", **extra)
     return env
