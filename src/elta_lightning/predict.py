@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor
 
+from elta_lightning.callbacks.predictions import GatherPredictions
 from elta_lightning.checkpoints import load_checkpoint
 from elta_lightning.datamodules.unlabeled import (
     IMAGE_SUFFIXES,
@@ -24,42 +25,27 @@ from elta_lightning.datamodules.unlabeled import (
     unreadable_report,
 )
 from elta_lightning.errors import EltaError
-from elta_lightning.metrics import IndexedCollector
 from elta_lightning.models.module import IAAModule
 
 log = logging.getLogger(__name__)
 
 
-class FolderScores(pl.Callback):
-    """Collects ``predict_step``'s ``index`` and ``score`` (native scale), ``dist`` (vote shares)
-    for the distribution head, and the batches' ``readable`` flags. After ``trainer.predict``,
-    :attr:`table` holds them on the CPU, sorted by index (all processes' rows under DDP)."""
+class FolderScores(GatherPredictions):
+    """Collects ``predict_step``'s ``score`` (native scale), ``dist`` (vote shares) for the
+    distribution head, and the ``readable`` flags. After ``trainer.predict``, :attr:`table`
+    holds them on the CPU, sorted by index (all processes' rows under DDP)."""
 
     def __init__(self) -> None:
-        self.collector = IndexedCollector(["score", "readable"])
+        super().__init__()
         self.table: dict[str, Tensor] = {}
 
-    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        distribution = getattr(pl_module, "head_kind", None) == "distribution"
-        columns = ["score", "readable", *(["dist"] if distribution else [])]
-        self.collector = IndexedCollector(columns).to(pl_module.device)
+    def columns(self, module: pl.LightningModule) -> list[str]:
         self.table = {}
+        distribution = getattr(module, "head_kind", None) == "distribution"
+        return ["score", *(["dist"] if distribution else [])]
 
-    def on_predict_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        columns = {name: outputs[name] for name in self.collector.columns if name != "readable"}
-        self.collector.update(outputs["index"], readable=batch["readable"], **columns)
-
-    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.table = {name: value.cpu() for name, value in self.collector.compute().items()}
-        self.collector.reset()
+    def on_predictions(self, module: pl.LightningModule, table: dict[str, Tensor]) -> None:
+        self.table = {name: value.cpu() for name, value in table.items()}
 
 
 def local_predict_trainer(callbacks: list[pl.Callback]) -> pl.Trainer:

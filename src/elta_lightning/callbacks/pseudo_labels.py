@@ -7,24 +7,24 @@ carry ``image``, ``index`` (the image's row in the predicted set) and optionally
 (False for images that could not be decoded: they are predicted as a blank placeholder and left
 out of the selection). The module must have the distribution head (its ``predict_step`` returns
 ``logits``). Under DDP each process predicts its own shard; the logits are gathered
-(:class:`~elta_lightning.metrics.IndexedCollector`: uneven or empty shards allowed, a repeated
-image is an error), so :attr:`PseudoLabelSelector.selection` is the same on every process. No
-ground truth is used: the selection is :func:`select_pseudo_labels` with the given ``beta`` and
-``threshold``; scores are on the COMMON 0..10 scale.
+(:class:`~elta_lightning.callbacks.predictions.GatherPredictions`), so
+:attr:`PseudoLabelSelector.selection` is the same on every process. No ground truth is used:
+the selection is :func:`select_pseudo_labels` with the given ``beta`` and ``threshold``; scores
+are on the COMMON 0..10 scale.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from elta_lightning.callbacks.predictions import GatherPredictions
 from elta_lightning.elta import select_pseudo_labels
 from elta_lightning.errors import EltaError
-from elta_lightning.metrics import IndexedCollector
 from elta_lightning.models.module import IAAModule
 
 
@@ -107,49 +107,28 @@ class PseudoLabelSelection:
         return self.sharpened.amax(dim=1)
 
 
-class PseudoLabelSelector(pl.Callback):
+class PseudoLabelSelector(GatherPredictions):
     """Runs APDS at the end of ``trainer.predict``; the outcome is :attr:`selection`."""
 
     def __init__(self, beta: float, threshold: float) -> None:
+        super().__init__()
         self.beta = beta
         self.threshold = threshold
-        self.collector = _logit_collector()
         self.selection: PseudoLabelSelection | None = None
 
-    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        module = require_iaa_module(pl_module)
+    def columns(self, module: pl.LightningModule) -> list[str]:
+        module = require_iaa_module(module)
         if module.head_kind != "distribution":
             raise PseudoLabelError(
                 "APDS pseudo-labels need the distribution head (model.head=distribution, on data "
                 f"with vote distributions); this model has the {module.head_kind} head"
             )
-        self.collector = _logit_collector().to(module.device)
         self.selection = None
+        return ["logits"]
 
-    def on_predict_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        readable = batch.get("readable")
-        if readable is None:
-            readable = torch.ones_like(outputs["index"], dtype=torch.bool)
-        self.collector.update(outputs["index"], logits=outputs["logits"], readable=readable)
-
-    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        module = require_iaa_module(pl_module)
-        table = self.collector.compute()
+    def on_predictions(self, module: pl.LightningModule, table: dict[str, Tensor]) -> None:
+        module = require_iaa_module(module)
         levels = module.scale.levels_tensor() * module.scale.to_common
         self.selection = PseudoLabelSelection.compute(
             table["index"], table["logits"], table["readable"], levels, self.beta, self.threshold
         )
-        self.collector.reset()
-
-
-def _logit_collector() -> IndexedCollector:
-    """(set index, logits (B, K), decodable flag) of every predicted image, on all processes."""
-    return IndexedCollector(["logits", "readable"])
