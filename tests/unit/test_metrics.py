@@ -533,7 +533,18 @@ def test_best_so_far_and_directions():
         best_so_far("loss")
 
 
-@pytest.mark.parametrize("module_name", ["elta_lightning.metrics", "elta_lightning.losses"])
+@pytest.mark.parametrize(
+    "module_name",
+    [
+        "elta_lightning.metrics.accuracy",
+        "elta_lightning.metrics.emd",
+        "elta_lightning.metrics.regions",
+        "elta_lightning.metrics.shots",
+        "elta_lightning.metrics.collector",
+        "elta_lightning.metrics.iaa",
+        "elta_lightning.losses",
+    ],
+)
 def test_docstring_examples_run(module_name):
     import doctest
     import importlib
