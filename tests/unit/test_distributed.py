@@ -62,3 +62,15 @@ def test_the_training_loader_takes_this_process_share(synthetic_cache) -> None:
     assert datamodule.trainer.world_size == 2
     assert datamodule.train_dataloader().batch_size == 8
     assert datamodule.val_dataloader().batch_size == 16
+
+
+def test_evaluation_sets_split_without_padding_and_need_an_item_per_process() -> None:
+    """Under a 2-process Trainer (not launched) rank 0 evaluates items 0, 2, 4 of 5, nothing
+    repeated; a set of 1 item cannot give each process one: a clear error, not an assert."""
+    from elta_lightning.datamodules.base import evaluation_sampler
+
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    assert list(evaluation_sampler(list(range(5)), trainer, "five")) == [0, 2, 4]
+    assert evaluation_sampler(list(range(5)), None, "five") is None
+    with pytest.raises(ConfigError, match="the test split has 1 item.*fewer than the 2 processes"):
+        evaluation_sampler([0], trainer, "the test split")

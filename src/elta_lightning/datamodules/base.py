@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from elta_lightning.config import DataConfig, TransformConfig
+from elta_lightning.config import ConfigError, DataConfig, TransformConfig
 from elta_lightning.datamodules import gpu_decode
 from elta_lightning.datamodules.images import ImageDecodeError, load_rgb, load_rgb_array
 from elta_lightning.datamodules.labels import LabelFileError, LabelTable
@@ -132,6 +132,26 @@ def trainer_accelerator(trainer: pl.Trainer | None) -> tuple[str, int]:
         if name in kind:
             return name, max(1, trainer.num_devices)
     return kind, max(1, trainer.num_devices)
+
+
+def evaluation_sampler(
+    dataset: Dataset, trainer: pl.Trainer | None, what: str
+) -> UnrepeatedDistributedSampler | None:
+    """Every item of ``dataset`` exactly once over the trainer's processes, in order, without
+    padding (``UnrepeatedDistributedSampler``; None in a single process), so that metrics and
+    predictions equal a one-process run. Each process needs at least one item: fewer items than
+    processes is a :class:`ConfigError` naming ``what``."""
+    world = trainer.world_size if trainer is not None else 1
+    if world == 1:
+        return None
+    if len(dataset) < world:
+        raise ConfigError(
+            f"{what} has {len(dataset)} item(s), fewer than the {world} processes of this run: "
+            "every process needs at least one; use fewer devices (trainer.devices)"
+        )
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False
+    )
 
 
 def make_loader(
@@ -471,20 +491,16 @@ class IAADataModule(pl.LightningDataModule):
         batch = per_process_batch(self.cfg.batch_size, world)
         return self._loader(dataset, batch, sampler, shuffle=True, drop_last=True)
 
-    def eval_loader(self, dataset: Dataset) -> DataLoader:
+    def eval_loader(self, dataset: Dataset, what: str = "the evaluation set") -> DataLoader:
         """A loader that covers ``dataset`` exactly once over all processes, in order."""
-        world, rank = self._world()
-        sampler = None
-        if world > 1:
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=world, rank=rank, shuffle=False
-            )
+        world, _ = self._world()
+        sampler = evaluation_sampler(dataset, self.trainer, what)
         global_batch = self.cfg.eval_batch_size or 2 * self.cfg.batch_size  # no gradients: larger
         batch = per_process_eval_batch(global_batch, world)
         return self._loader(dataset, batch, sampler, shuffle=False, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.datasets["val"])
+        return self.eval_loader(self.datasets["val"], f"the {self.name} val split")
 
     def test_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.datasets["test"])
+        return self.eval_loader(self.datasets["test"], f"the {self.name} test split")

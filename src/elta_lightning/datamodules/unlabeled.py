@@ -14,10 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from elta_lightning.datamodules.base import build_transform, decode_for, make_loader
+from elta_lightning.datamodules.base import (
+    build_transform,
+    decode_for,
+    evaluation_sampler,
+    make_loader,
+)
 from elta_lightning.datamodules.images import ImageDecodeError, load_rgb
 
 if TYPE_CHECKING:
@@ -73,16 +77,9 @@ class UnlabeledDataModule(pl.LightningDataModule):
         self._normaliser = dataset.transform.normaliser()
 
     def predict_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        sampler = None
-        if trainer is not None and trainer.world_size > 1:  # shuffle=False: it shuffles by default
-            sampler = UnrepeatedDistributedSampler(
-                self.dataset,
-                num_replicas=trainer.world_size,
-                rank=trainer.global_rank,
-                shuffle=False,
-            )
-        return make_loader(self.dataset, self.batch_size, self.num_workers, trainer, sampler)
+        what = f"the image set under {self.dataset.root}"
+        sampler = evaluation_sampler(self.dataset, self.trainer, what)
+        return make_loader(self.dataset, self.batch_size, self.num_workers, self.trainer, sampler)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 images -> normalised float32, on the device the batch is on."""
