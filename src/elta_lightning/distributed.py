@@ -1,16 +1,30 @@
 """How one run is split over its processes: ``data.batch_size`` is the **global** batch (the
 authors' 48 whatever the number of GPUs), divided evenly over ``trainer.devices x
 trainer.num_nodes`` processes, so a 4-GPU run takes the same optimiser steps at the same
-learning rate as a 1-GPU run (DDP averages the per-process gradients)."""
+learning rate as a 1-GPU run (DDP averages the per-process gradients). Also which process this
+is (its rank, the size of its process group)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
+import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from elta_lightning.errors import ConfigError
+
+
+def process_rank() -> int:
+    """This process's global rank: 0 outside DDP; from the launcher's environment (``RANK``,
+    ``LOCAL_RANK``, ``SLURM_PROCID``) before the process group exists, as Lightning reads it."""
+    return int(rank_zero_only.rank)
+
+
+def process_group_size() -> int:
+    """Processes in this run's process group (1 when there is none yet)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def world_size_of(cfg: DictConfig) -> int:

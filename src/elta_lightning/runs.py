@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from elta_lightning.config import ConfigError, RunConfig, apply_overrides, load_config, to_yaml
 from elta_lightning.datamodules.base import IAADataModule
-from elta_lightning.distributed import batch_plan
+from elta_lightning.distributed import batch_plan, process_group_size, process_rank
 from elta_lightning.errors import EltaError
 from elta_lightning.metrics import REGION_NAMES, SHOT_NAMES, region_masks
 from elta_lightning.models.module import IAAModule
@@ -207,20 +207,8 @@ def write_failure(run_dir: Path, error: BaseException) -> None:
     if read_status(run_dir).get("status") == "failed":
         return
     rank = process_rank()
-    details = {"rank": rank} if rank > 0 or distributed_world_size() > 1 else {}
+    details = {"rank": rank} if rank > 0 or process_group_size() > 1 else {}
     _write_status_file(run_dir, _status_record("failed", error, **details))
-
-
-def process_rank() -> int:
-    """This process's global rank (0 outside DDP; set from the launcher's environment)."""
-    return int(rank_zero_only.rank)
-
-
-def distributed_world_size() -> int:
-    """Processes in this run's process group (1 when there is none)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _status_record(status: str, error: BaseException | None, **details: Any) -> dict[str, Any]:
