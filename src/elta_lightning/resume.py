@@ -50,6 +50,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
+from elta_lightning.distributed import process_group_size
+
 log = logging.getLogger(__name__)
 
 #: Signals that stop a run with a checkpoint (SLURM sends SIGUSR1 ahead of a time limit when
@@ -146,14 +148,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def per_rank(local: Any) -> list[Any]:
     """``local`` of every process, in rank order (``[local]`` in a single process). A
     collective: every process must call it, as every process calls ``Trainer.save_checkpoint``."""
-    if not _distributed():
+    if process_group_size() == 1:
         return [local]
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)
@@ -165,7 +163,7 @@ def rank_entry(entries: list[Any] | None, what: str) -> Any:
     checkpoint was written by another number of processes."""
     if not entries:
         return None
-    world = dist.get_world_size() if _distributed() else 1
+    world = process_group_size()
     if len(entries) != world:
         log.warning(
             "%s was saved by %d processes and this run has %d: it is not restored (the run goes "
@@ -175,7 +173,7 @@ def rank_entry(entries: list[Any] | None, what: str) -> Any:
             world,
         )
         return None
-    return entries[dist.get_rank() if _distributed() else 0]
+    return entries[dist.get_rank() if world > 1 else 0]
 
 
 # ----- training order -----------------------------------------------------------------------
