@@ -6,7 +6,7 @@ import logging
 import os
 from abc import abstractmethod
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from elta_lightning.config import ConfigError, DataConfig, TransformConfig
 from elta_lightning.datamodules import gpu_decode
 from elta_lightning.datamodules.images import ImageDecodeError, load_rgb, load_rgb_array
+from elta_lightning.datamodules.label_checks import bad_label_rows
 from elta_lightning.datamodules.labels import LabelFileError, LabelTable
 from elta_lightning.datamodules.transforms import (
     ImageTransform,
@@ -268,36 +269,30 @@ class IAADataset(Dataset):
 
 
 def check_labels(table: LabelTable, scale: ScoreScale, split: str) -> None:
-    """Reject rows a model must never see: NaN or out-of-range scores, duplicate ids, ids that
-    leave the image folder. Errors name the file and line of the first offending rows."""
+    """Reject rows a model must never see (the rules of :func:`bad_label_rows`): NaN or
+    out-of-range scores, ids that leave the image folder, duplicate ids; and distributions with
+    another number of levels than the scale. Stops at the first rule broken; its error names the
+    file and line of the first offending rows."""
+    bad = bad_label_rows(table, scale)
 
-    def fail(rows: np.ndarray, what: str) -> None:
+    def fail_if_any(rows: np.ndarray, what: str) -> None:
+        if not rows.size:
+            return
         shown = ", ".join(f"{table.sources[i]} ({table.image_ids[i]!r})" for i in rows[:5])
         more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
         raise LabelFileError(f"{split} split: {len(rows)} row(s) {what}: {shown}{more}")
 
-    bad = np.flatnonzero(~np.isfinite(table.scores))
-    if bad.size:
-        fail(bad, "with a score that is not a finite number")
-    bad = np.flatnonzero((table.scores < scale.minimum) | (table.scores > scale.maximum))
-    if bad.size:
-        fail(bad, f"with a score outside [{scale.minimum}, {scale.maximum}]")
+    fail_if_any(bad.not_finite, "with a score that is not a finite number")
+    fail_if_any(bad.out_of_range, f"with a score outside [{scale.minimum}, {scale.maximum}]")
     if table.distributions is not None and scale.has_levels:
         if table.distributions.shape[1] != scale.num_levels:
             raise LabelFileError(
                 f"{split} split: distributions have {table.distributions.shape[1]} levels, "
                 f"the scale has {scale.num_levels}"
             )
-    leaving = [
-        i
-        for i, name in enumerate(table.image_ids)
-        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or not name
-    ]
-    if leaving:
-        fail(np.asarray(leaving), "whose image id is empty or leaves the image folder")
-    _, first, counts = np.unique(table.image_ids, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        fail(np.sort(first[counts > 1]), "whose image id appears more than once")
+    fail_if_any(bad.unsafe_id, "whose image id is empty or leaves the image folder")
+    # one row per duplicated id: the first row that has it
+    fail_if_any(np.unique(bad.first_of[bad.repeated]), "whose image id appears more than once")
 
 
 def split_overlap_warnings(tables: dict[str, LabelTable]) -> list[str]:

@@ -24,9 +24,8 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from elta_lightning.datamodules.base import split_overlap_warnings
@@ -39,6 +38,7 @@ from elta_lightning.datamodules.folder import (
     FolderDataModule,
 )
 from elta_lightning.datamodules.images import ImageDecodeError, load_rgb
+from elta_lightning.datamodules.label_checks import bad_label_rows, is_safe_id
 from elta_lightning.datamodules.labels import LabelTable
 from elta_lightning.scales import ScoreScale
 
@@ -153,29 +153,24 @@ def prepare_dataset(
 
 
 def label_problems_of(table: LabelTable, scale: ScoreScale, split: str) -> list[str]:
-    """One line per problem row: score not finite or out of range, unsafe or duplicate id."""
-    problems = []
-    seen: dict[str, int] = {}
-    for k, (image_id, score) in enumerate(zip(table.image_ids, table.scores.tolist())):
-        where = f"{split}: {table.sources[k]} ({image_id!r})"
-        if not np.isfinite(score):
-            problems.append(f"{where}: score {score} is not a finite number")
-        elif not scale.contains(score):
-            problems.append(
-                f"{where}: score {score:g} outside [{scale.minimum:g}, {scale.maximum:g}]"
-            )
-        if not is_safe_id(image_id):
-            problems.append(f"{where}: image id is empty or leaves the image folder")
-        first = seen.setdefault(image_id, k)
-        if first != k:
-            problems.append(f"{where}: duplicate image id (first at {table.sources[first]})")
-    return problems
-
-
-def is_safe_id(image_id: str) -> bool:
-    """A relative path that stays inside the image folder."""
-    path = PurePosixPath(image_id)
-    return bool(image_id) and not path.is_absolute() and ".." not in path.parts
+    """One line per problem row and rule of :func:`bad_label_rows` (score not finite or out of
+    range, unsafe or duplicate id), in row order, with the score or the id's first row."""
+    bad = bad_label_rows(table, scale)
+    scores, sources = table.scores.tolist(), table.sources
+    low, high = scale.minimum, scale.maximum
+    problems = [(k, f"score {scores[k]} is not a finite number") for k in bad.not_finite.tolist()]
+    problems += [
+        (k, f"score {scores[k]:g} outside [{low:g}, {high:g}]") for k in bad.out_of_range.tolist()
+    ]
+    problems += [
+        (k, "image id is empty or leaves the image folder") for k in bad.unsafe_id.tolist()
+    ]
+    problems += [
+        (k, f"duplicate image id (first at {sources[first]})")
+        for k, first in zip(bad.repeated.tolist(), bad.first_of[bad.repeated].tolist())
+    ]
+    problems.sort(key=lambda problem: problem[0])  # stable: a row's problems stay in rule order
+    return [f"{split}: {sources[k]} ({table.image_ids[k]!r}): {what}" for k, what in problems]
 
 
 def _first_sources(tables: dict[str, LabelTable]) -> dict[str, str]:
