@@ -263,8 +263,8 @@ def _fit_and_test(
         preemption.stop_after_fit(trainer)
     best_val = float(module.val_srcc_best.compute())
     best = checkpoint.best_model_path or "best"
-    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-    metrics = {**module.test_results, "val/srcc_best": best_val, **meter.summary()}
+    tested = metrics_of_test_split(trainer, module, datamodule, best)
+    metrics = {**tested, "val/srcc_best": best_val, **meter.summary()}
     if logger is not None and trainer.is_global_zero:
         log_test_results(logger, metrics, module, datamodule)
     write_run_files(run_dir, metrics, module, datamodule)
@@ -305,5 +305,17 @@ def evaluate(module: IAAModule, cfg: DictConfig, work_dir: Path) -> dict[str, fl
             f"the model has a distribution head, but the {cfg.data.name} labels given have no "
             "vote distributions to evaluate it on: use the data layout it was trained on"
         )
-    build_trainer(cfg, work_dir, None, []).test(module, datamodule=datamodule, verbose=False)
-    return dict(module.test_results)
+    return metrics_of_test_split(build_trainer(cfg, work_dir, None, []), module, datamodule)
+
+
+def metrics_of_test_split(
+    trainer: pl.Trainer,
+    module: IAAModule,
+    datamodule: IAADataModule,
+    checkpoint: str | None = None,
+) -> dict[str, float]:
+    """``test/*`` metrics of ``module`` (or of ``checkpoint`` loaded into it) on the test split,
+    as ``trainer.test`` returns what the module logged: computed over the whole split, the same
+    on every process."""
+    (logged,) = trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    return {key: float(value) for key, value in logged.items()}

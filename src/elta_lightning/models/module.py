@@ -93,7 +93,6 @@ class IAAModule(pl.LightningModule):
             for buffer in part.rank_local_buffers
         ]
         self.backbone_frozen = False
-        self.test_results: dict[str, float] = {}
         self.test_prediction_table: dict[str, torch.Tensor] = {}
 
     def on_fit_start(self) -> None:
@@ -257,7 +256,6 @@ class IAAModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         results = self.test_metrics.compute()
         self.test_prediction_table = self.test_predictions.compute()
-        self.test_results = {f"test/{k}": float(v) for k, v in results.items()}
         for key, value in results.items():
             self.log(f"test/{key}", value, sync_dist=True)
 
