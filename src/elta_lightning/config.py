@@ -308,17 +308,21 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+#: The recipes shipped inside the package (the repository's top-level ``datamodules/`` and
+#: ``experiments/`` are links to them), found also where the package is installed from a wheel.
+PACKAGE_RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
 def project_root() -> Path:
-    """The folder holding ``datamodules/`` and ``experiments/`` (env ``ELTA_CONFIG_ROOT`` wins)."""
+    """The folder holding ``datamodules/`` and ``experiments/``: ``ELTA_CONFIG_ROOT`` when set
+    (your own recipes), else the current folder when it has both (a repository checkout, or a
+    copy you edit), else the recipes shipped in the package (:data:`PACKAGE_RECIPES`)."""
     if "ELTA_CONFIG_ROOT" in os.environ:
         return Path(os.environ["ELTA_CONFIG_ROOT"])
-    for candidate in (Path.cwd(), *Path(__file__).resolve().parents):
-        if (candidate / "experiments").is_dir() and (candidate / "datamodules").is_dir():
-            return candidate
-    raise ConfigError(
-        "cannot find the config folders datamodules/ and experiments/: run from the repository "
-        "root or set ELTA_CONFIG_ROOT"
-    )
+    here = Path.cwd()
+    if (here / "experiments").is_dir() and (here / "datamodules").is_dir():
+        return here
+    return PACKAGE_RECIPES
 
 
 def available(group: str) -> list[str]:

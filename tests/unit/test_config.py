@@ -1,5 +1,6 @@
 """Config composition and validation: groups, overrides, errors that name the key."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,50 @@ def test_experiment_files_list_parts_and_tune_them(tmp_path, monkeypatch) -> Non
     (tmp_path / "experiments" / "broken.yaml").write_text("method:\n  tfa:\n    tau3: 1\n")
     with pytest.raises(ConfigError, match=r"broken.yaml.*tau3"):
         load_config(["method=broken"])
+
+
+@pytest.mark.slow
+def test_a_wheel_install_finds_its_own_recipes_from_any_folder(tmp_path) -> None:
+    """The wheel carries the recipes (pyproject's package-data): installed from it, away from
+    the repository, every data set, method and sweep file loads. Built offline from a copy of
+    the sources (nothing written into the repository)."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    source = tmp_path / "source"
+    shutil.copytree(repo / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)]
+    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("elta_lightning-*.whl")
+    site = tmp_path / "site"
+    install = [*pip, "install", "--no-deps", "--target", str(site), str(wheel)]
+    subprocess.run(install, check=True, capture_output=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = (
+        "from elta_lightning.config import available, load_config, project_root\n"
+        "from elta_lightning.sweeps.files import sweep_files\n"
+        "print(project_root())\n"
+        "for d in available('datamodules'):\n"
+        "    for m in available('experiments'):\n"
+        "        load_config([f'dataset={d}', f'method={m}', 'init_from=x.ckpt'])\n"
+        "print(len(available('datamodules')), len(available('experiments')), len(sweep_files()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ELTA_CONFIG_ROOT"}
+    env["PYTHONPATH"] = str(site)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    root, counts = done.stdout.split()[0], done.stdout.split()[1:]
+    assert root == str(site / "elta_lightning" / "recipes")
+    expected = [
+        len(list((repo / group).glob("*.yaml")))
+        for group in ("datamodules", "experiments", "experiments/sweeps")
+    ]
+    assert [int(c) for c in counts] == expected
