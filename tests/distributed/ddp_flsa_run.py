@@ -34,8 +34,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from omegaconf import OmegaConf
+from rank_shares import RankShares
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from elta_lightning.config import load_config
 from elta_lightning.label_stats import LabelStats
@@ -71,22 +72,6 @@ class Rows(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Tensor | int]:
         return {"index": i, "image": self.x[i], "score": self.score[i], "weight": torch.tensor(1.0)}
-
-
-class RankShares(pl.LightningDataModule):
-    """Each rank's share of the rows, in one batch (the data modules' DDP sampler settings)."""
-
-    def __init__(self, data: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.data = data
-
-    def train_dataloader(self) -> DataLoader:
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        dataset = Rows(self.data)
-        sampler = None
-        if world > 1:
-            sampler = DistributedSampler(dataset, world, rank, shuffle=False, drop_last=True)
-        return DataLoader(dataset, batch_size=NUM_SAMPLES // world, sampler=sampler, drop_last=True)
 
 
 class ZeroHead(nn.Module):
@@ -176,7 +161,7 @@ def run(out_dir: Path, devices: int, gather: bool, data: dict[str, Tensor]) -> N
         enable_model_summary=False,
         callbacks=[Recorder(out_dir)],
     )
-    trainer.fit(module, datamodule=RankShares(data))
+    trainer.fit(module, datamodule=RankShares(Rows(data), lambda world: NUM_SAMPLES // world))
 
 
 def main(out_dir: Path) -> None:
