@@ -7,6 +7,7 @@ is (its rank, the size of its process group)."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import torch.distributed as dist
@@ -30,6 +31,25 @@ def process_group_size() -> int:
 def world_size_of(cfg: DictConfig) -> int:
     """The number of training processes ``cfg.trainer`` asks for (devices per node x nodes)."""
     return int(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+
+
+def check_launcher_world(cfg: DictConfig) -> None:
+    """Under torchrun, the processes it started must be the ones ``cfg.trainer`` asks for:
+    ``LOCAL_WORLD_SIZE`` = ``trainer.devices`` and ``WORLD_SIZE`` = devices x
+    ``trainer.num_nodes``; otherwise a :class:`ConfigError` saying what to set (Lightning would
+    go on with a split that does not match, and fail later with an unrelated message). SLURM's
+    counts Lightning checks itself."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID") or "WORLD_SIZE" not in os.environ:
+        return
+    world = int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    asked = (int(cfg.trainer.devices), int(cfg.trainer.num_nodes))
+    if asked != (local, world // local):
+        raise ConfigError(
+            f"torchrun started {world} process(es), {local} per node, but the config asks for "
+            f"trainer.devices={asked[0]} x trainer.num_nodes={asked[1]}: set "
+            f"trainer.devices={local} trainer.num_nodes={world // local}"
+        )
 
 
 def per_process_batch(global_batch: int, world_size: int, key: str = "data.batch_size") -> int:

@@ -27,7 +27,7 @@ from elta_lightning.checkpoints import CheckpointError, load_checkpoint, load_we
 from elta_lightning.config import RunConfig, apply_overrides
 from elta_lightning.datamodules import build_datamodule
 from elta_lightning.datamodules.base import IAADataModule
-from elta_lightning.distributed import batch_plan
+from elta_lightning.distributed import batch_plan, check_launcher_world
 from elta_lightning.label_stats import LabelStats
 from elta_lightning.models.module import IAAModule, scale_hparams
 from elta_lightning.parts import views_needed
@@ -159,6 +159,7 @@ def train(
     SIGTERM or SIGUSR1 stop the run at the next batch boundary with ``last.ckpt`` written and
     raise :class:`~elta_lightning.resume.RunInterrupted` (a ``SystemExit``, code 128 + signal);
     ``status.json`` then says ``interrupted``, the signal and the checkpoint."""
+    check_launcher_world(cfg)
     plan = plan_run(cfg, run_dir, force)
     run_dir = plan.run_dir
     if plan.finished:

@@ -74,3 +74,22 @@ def test_evaluation_sets_split_without_padding_and_need_an_item_per_process() ->
     assert evaluation_sampler(list(range(5)), None, "five") is None
     with pytest.raises(ConfigError, match="the test split has 1 item.*fewer than the 2 processes"):
         evaluation_sampler([0], trainer, "the test split")
+
+
+def test_torchrun_processes_must_match_devices_and_nodes(monkeypatch) -> None:
+    """What torchrun sets (TORCHELASTIC_RUN_ID, WORLD_SIZE, LOCAL_WORLD_SIZE) against the
+    config: 2 processes on 1 node need trainer.devices=2."""
+    from elta_lightning.distributed import check_launcher_world
+
+    cfg = load_config(["trainer.devices=1"])
+    check_launcher_world(cfg)  # not under torchrun: nothing to compare
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="set trainer.devices=2 trainer.num_nodes=1"):
+        check_launcher_world(cfg)
+    check_launcher_world(load_config(["trainer.devices=2"]))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # one process on each of two nodes
+    with pytest.raises(ConfigError, match="set trainer.devices=1 trainer.num_nodes=2"):
+        check_launcher_world(load_config(["trainer.devices=2"]))
+    check_launcher_world(load_config(["trainer.devices=1", "trainer.num_nodes=2"]))
