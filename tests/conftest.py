@@ -2,6 +2,12 @@
 
 import os
 
+# the tests are one process, whatever launched pytest (CI may run inside a SLURM or torchrun
+# job): tests that need a launcher's variables set them
+LAUNCHER_RANKS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+for _name in list(os.environ):
+    if _name.startswith(("SLURM_", "TORCHELASTIC_")) or _name in LAUNCHER_RANKS:
+        del os.environ[_name]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("WANDB_MODE", "disabled")

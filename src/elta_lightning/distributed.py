@@ -34,22 +34,38 @@ def world_size_of(cfg: DictConfig) -> int:
 
 
 def check_launcher_world(cfg: DictConfig) -> None:
-    """Under torchrun, the processes it started must be the ones ``cfg.trainer`` asks for:
-    ``LOCAL_WORLD_SIZE`` = ``trainer.devices`` and ``WORLD_SIZE`` = devices x
-    ``trainer.num_nodes``; otherwise a :class:`ConfigError` saying what to set (Lightning would
-    go on with a split that does not match, and fail later with an unrelated message). SLURM's
-    counts Lightning checks itself."""
-    if not os.environ.get("TORCHELASTIC_RUN_ID") or "WORLD_SIZE" not in os.environ:
+    """Under torchrun or ``srun``, the processes the launcher started must be the ones
+    ``cfg.trainer`` asks for (``trainer.devices`` per node, ``trainer.num_nodes`` nodes);
+    otherwise a :class:`ConfigError` saying what to set. Without it, Lightning goes on with a
+    split that does not match: under torchrun the run fails later with an unrelated message,
+    under srun every task trains a model of its own into the same run folder."""
+    launched = launcher_world()
+    if launched is None:
         return
-    world = int(os.environ["WORLD_SIZE"])
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    name, world, per_node = launched
     asked = (int(cfg.trainer.devices), int(cfg.trainer.num_nodes))
-    if asked != (local, world // local):
+    if asked != (per_node, world // per_node):
         raise ConfigError(
-            f"torchrun started {world} process(es), {local} per node, but the config asks for "
+            f"{name} started {world} process(es), {per_node} per node, but the config asks for "
             f"trainer.devices={asked[0]} x trainer.num_nodes={asked[1]}: set "
-            f"trainer.devices={local} trainer.num_nodes={world // local}"
+            f"trainer.devices={per_node} trainer.num_nodes={world // per_node}"
         )
+
+
+def launcher_world() -> tuple[str, int, int] | None:
+    """(launcher, processes, processes per node) of a multi-process launch by torchrun
+    (``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``) or SLURM's ``srun`` (``SLURM_NTASKS``,
+    ``SLURM_NTASKS_PER_NODE``, outside interactive jobs, as Lightning tells them apart);
+    None otherwise."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") and "WORLD_SIZE" in os.environ:
+        world = int(os.environ["WORLD_SIZE"])
+        return "torchrun", world, int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    tasks = os.environ.get("SLURM_NTASKS", "1")
+    interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+    if tasks.isdigit() and int(tasks) > 1 and not interactive:
+        per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+        return "srun", int(tasks), int(per_node) if per_node.isdigit() else int(tasks)
+    return None
 
 
 def per_process_batch(global_batch: int, world_size: int, key: str = "data.batch_size") -> int:

@@ -81,6 +81,7 @@ def test_torchrun_processes_must_match_devices_and_nodes(monkeypatch) -> None:
     config: 2 processes on 1 node need trainer.devices=2."""
     from elta_lightning.distributed import check_launcher_world
 
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
     cfg = load_config(["trainer.devices=1"])
     check_launcher_world(cfg)  # not under torchrun: nothing to compare
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
@@ -93,3 +94,21 @@ def test_torchrun_processes_must_match_devices_and_nodes(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="set trainer.devices=1 trainer.num_nodes=2"):
         check_launcher_world(load_config(["trainer.devices=2"]))
     check_launcher_world(load_config(["trainer.devices=1", "trainer.num_nodes=2"]))
+
+
+def test_srun_tasks_must_match_devices_and_nodes(monkeypatch) -> None:
+    """What srun sets for 8 tasks, 4 per node: trainer.devices=4 trainer.num_nodes=2; an
+    interactive allocation (job name bash) is not an srun launch."""
+    from elta_lightning.distributed import check_launcher_world
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4(x2)")
+    monkeypatch.setenv("SLURM_JOB_NAME", "elta")
+    with pytest.raises(
+        ConfigError, match="srun started 8 .* set trainer.devices=4 trainer.num_nodes=2"
+    ):
+        check_launcher_world(load_config(["trainer.devices=1"]))
+    check_launcher_world(load_config(["trainer.devices=4", "trainer.num_nodes=2"]))
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")
+    check_launcher_world(load_config(["trainer.devices=1"]))
